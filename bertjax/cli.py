@@ -1,0 +1,64 @@
+"""`bertjax <command>`: the command line. Thin: parse, load config, call the library."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bertjax.errors import UserError
+
+
+def _config_from_args(config_spec: str, overrides: list[str]):
+  from bertjax import config_lib
+  config = config_lib.load_config(config_spec)
+  return config_lib.apply_overrides(config, overrides)
+
+
+def _split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> list[str]:
+  """Keeps `--config.a.b=v` (or `--config.a.b v`) arguments; anything else is an error."""
+  overrides, i = [], 0
+  while i < len(unknown):
+    arg = unknown[i]
+    if not arg.startswith('--config.'):
+      parser.error(f'unrecognized argument {arg!r}')
+    item = arg[len('--config.'):]
+    if '=' not in item:
+      if i + 1 >= len(unknown):
+        parser.error(f'{arg} needs a value: {arg}=VALUE')
+      item, i = f'{item}={unknown[i + 1]}', i + 1
+    overrides.append(item)
+    i += 1
+  return overrides
+
+
+def _train(args, overrides):
+  config = _config_from_args(args.config, overrides)
+  from bertjax import train
+  train.train_and_evaluate(config, args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='bertjax', description='Pre-train and fine-tune BERT in JAX.')
+  commands = parser.add_subparsers(dest='command', required=True)
+  train = commands.add_parser(
+      'train', help='pre-train (or resume) a model',
+      description='Train from an experiment file; extra --config.KEY=VALUE flags override it.')
+  train.add_argument('--config', required=True, help='experiments/FILE.py[:arg]')
+  train.add_argument('--workdir', required=True, help='run directory; re-running resumes it')
+  train.set_defaults(run=_train)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = build_parser()
+  args, unknown = parser.parse_known_args(argv)
+  overrides = _split_overrides(unknown, parser)
+  try:
+    args.run(args, overrides)
+  except UserError as e:
+    print(f'bertjax: error: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print('bertjax: interrupted; re-run the same command to resume from the last '
+          'checkpoint', file=sys.stderr)
+    return 130
+  return 0

@@ -1,0 +1,183 @@
+"""BERT encoder in Flax NNX, laid out like `transformers`' BertModel (post-LN).
+
+Shapes: B batch, L length, D hidden, H heads, K head dim, F feed-forward, V vocab.
+Attention masks come as `attention_mask_BL`: 0 marks padding; for packed sequences
+each document has its own positive id (segment_ids), and tokens attend only within
+their own document. A 0/1 mask is the one-document case, as in `transformers`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bertjax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  vocab_size: int
+  num_layers: int = 12
+  hidden_size: int = 768
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  layer_norm_eps: float = 1e-12
+  dtype: str = 'float32'
+  attention: str = 'xla'
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of '
+                       f'num_heads {self.num_heads}')
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> 'BertConfig':
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _dropout(x, rate: float, rngs: nnx.Rngs | None):
+  """Inverted dropout; `rngs=None` means evaluation (deterministic)."""
+  if rngs is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def attention_bias(attention_mask_BL, dtype):
+  """Additive (B, 1, L, L) bias: 0 where query may attend key, dtype-min elsewhere.
+
+  A key is visible when it is not padding and lies in the query's document; a padding
+  query (id 0) sees every non-padding key, as `transformers` does, so padded rows
+  stay finite and match the reference.
+  """
+  q = attention_mask_BL[:, :, None]
+  k = attention_mask_BL[:, None, :]
+  visible_BLL = (k > 0) & ((q == k) | (q == 0))
+  return jnp.where(visible_BLL, 0.0, jnp.finfo(dtype).min).astype(dtype)[:, None]
+
+
+def xla_attention(q_BLHK, k_BLHK, v_BLHK, bias_B1LL, dropout_rate, rngs):
+  scale = q_BLHK.shape[-1] ** -0.5
+  logits_BHLL = jnp.einsum('bqhk,bshk->bhqs', q_BLHK * scale, k_BLHK)
+  # Softmax statistics in float32 whatever the compute dtype.
+  logits_BHLL = logits_BHLL.astype(jnp.float32) + bias_B1LL.astype(jnp.float32)
+  probs_BHLL = jax.nn.softmax(logits_BHLL, axis=-1).astype(q_BLHK.dtype)
+  probs_BHLL = _dropout(probs_BHLL, dropout_rate, rngs)
+  return jnp.einsum('bhqs,bshk->bqhk', probs_BHLL, v_BLHK)
+
+
+class Embeddings(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    dt = cfg.compute_dtype
+    self.word_embeddings = layers.Embed(cfg.vocab_size, cfg.hidden_size,
+                                        axes=('vocab', 'embed'), dtype=dt, rngs=rngs)
+    self.position_embeddings = layers.Embed(cfg.max_position_embeddings, cfg.hidden_size,
+                                            axes=(None, 'embed'), dtype=dt, rngs=rngs)
+    self.token_type_embeddings = layers.Embed(cfg.type_vocab_size, cfg.hidden_size,
+                                              axes=(None, 'embed'), dtype=dt, rngs=rngs)
+    self.layer_norm = layers.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=dt,
+                                       rngs=rngs)
+    self.dropout_rate = cfg.dropout_rate
+
+  def __call__(self, input_ids_BL, token_type_ids_BL, position_ids_BL, rngs):
+    x_BLD = (self.word_embeddings(input_ids_BL)
+             + self.token_type_embeddings(token_type_ids_BL)
+             + self.position_embeddings(position_ids_BL))
+    x_BLD = self.layer_norm(x_BLD)
+    return _dropout(x_BLD, self.dropout_rate, rngs)
+
+
+class SelfAttention(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    dt, d, h, k = cfg.compute_dtype, cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    qkv_axes = ('embed', 'heads', 'kv')
+    self.query = layers.Dense(d, (h, k), axes=qkv_axes, dtype=dt, rngs=rngs)
+    self.key = layers.Dense(d, (h, k), axes=qkv_axes, dtype=dt, rngs=rngs)
+    self.value = layers.Dense(d, (h, k), axes=qkv_axes, dtype=dt, rngs=rngs)
+    self.output = layers.Dense((h, k), d, axes=('heads', 'kv', 'embed'), dtype=dt, rngs=rngs)
+    self.attention = cfg.attention
+    self.attention_dropout_rate = cfg.attention_dropout_rate
+    if cfg.attention != 'xla':
+      raise ValueError(f'attention {cfg.attention!r} is not available; use "xla"')
+
+  def __call__(self, x_BLD, bias_B1LL, rngs):
+    q_BLHK = layers.constrain(self.query(x_BLD), ('batch', 'length', 'heads', 'kv'))
+    k_BLHK = layers.constrain(self.key(x_BLD), ('batch', 'length', 'heads', 'kv'))
+    v_BLHK = layers.constrain(self.value(x_BLD), ('batch', 'length', 'heads', 'kv'))
+    out_BLHK = xla_attention(q_BLHK, k_BLHK, v_BLHK, bias_B1LL,
+                             self.attention_dropout_rate, rngs)
+    return self.output(out_BLHK)
+
+
+class EncoderLayer(nnx.Module):
+  """Post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    dt = cfg.compute_dtype
+    self.attention = SelfAttention(cfg, rngs=rngs)
+    self.attention_layer_norm = layers.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps,
+                                                 dtype=dt, rngs=rngs)
+    self.intermediate = layers.Dense(cfg.hidden_size, cfg.intermediate_size,
+                                     axes=('embed', 'mlp'), dtype=dt, rngs=rngs)
+    self.output = layers.Dense(cfg.intermediate_size, cfg.hidden_size,
+                               axes=('mlp', 'embed'), dtype=dt, rngs=rngs)
+    self.output_layer_norm = layers.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps,
+                                              dtype=dt, rngs=rngs)
+    self.dropout_rate = cfg.dropout_rate
+
+  def __call__(self, x_BLD, bias_B1LL, rngs):
+    attn_BLD = _dropout(self.attention(x_BLD, bias_B1LL, rngs), self.dropout_rate, rngs)
+    x_BLD = self.attention_layer_norm(x_BLD + attn_BLD)
+    # Exact (erf) GELU, as BERT's hidden_act='gelu'.
+    h_BLF = jax.nn.gelu(self.intermediate(x_BLD), approximate=False)
+    h_BLF = layers.constrain(h_BLF, ('batch', 'length', 'mlp'))
+    ffn_BLD = _dropout(self.output(h_BLF), self.dropout_rate, rngs)
+    x_BLD = self.output_layer_norm(x_BLD + ffn_BLD)
+    return layers.constrain(x_BLD, ('batch', 'length', 'embed'))
+
+
+class BertModel(nnx.Module):
+  """Embeddings, encoder and pooler; returns (sequence_output_BLD, pooled_BD)."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    self.embeddings = Embeddings(cfg, rngs=rngs)
+    self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.pooler = layers.Dense(cfg.hidden_size, cfg.hidden_size, axes=('embed', 'mlp'),
+                               dtype=cfg.compute_dtype, rngs=rngs)
+
+  def __call__(self, input_ids_BL, token_type_ids_BL=None, attention_mask_BL=None,
+               position_ids_BL=None, *, rngs: nnx.Rngs | None = None):
+    """`rngs` carrying a 'dropout' stream turns dropout on (training)."""
+    batch, length = input_ids_BL.shape
+    if token_type_ids_BL is None:
+      token_type_ids_BL = jnp.zeros_like(input_ids_BL)
+    if attention_mask_BL is None:
+      attention_mask_BL = jnp.ones_like(input_ids_BL)
+    if position_ids_BL is None:
+      position_ids_BL = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    x_BLD = self.embeddings(input_ids_BL, token_type_ids_BL, position_ids_BL, rngs)
+    x_BLD = layers.constrain(x_BLD, ('batch', 'length', 'embed'))
+    bias_B1LL = attention_bias(attention_mask_BL, self.config.compute_dtype)
+    for layer in self.layers:
+      x_BLD = layer(x_BLD, bias_B1LL, rngs)
+    pooled_BD = jnp.tanh(self.pooler(x_BLD[:, 0]))
+    return x_BLD, pooled_BD

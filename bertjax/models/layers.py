@@ -1,0 +1,105 @@
+"""Layers with logically-named weights: the only file that names weight axes.
+
+Axis names are logical ('vocab', 'embed', 'heads', 'kv', 'mlp'); `bertjax.sharding`
+maps them onto the mesh, so model code never names a mesh axis. Parameters are
+float32; `dtype` is the compute dtype the weights are cast to at use.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.core import spmd as core_spmd
+
+from bertjax import sharding
+
+# BERT's initializer_range.
+INIT_STDDEV = 0.02
+
+
+def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], axes: Sequence[str | None]):
+  """A float32 nnx.Param whose axes carry the logical names `axes`."""
+  # eager_sharding=False: weights are placed by jit's out_shardings (sharding.py), not
+  # at construction, so the same module builds on one CPU or inside a sharded init.
+  init = nnx.with_partitioning(init, tuple(axes), eager_sharding=False)
+  key = rngs.params() if rngs is not None else jax.random.key(0)
+  return nnx.Param(init(key, tuple(shape), jnp.float32))
+
+
+def _tuple(x: int | Sequence[int]) -> tuple[int, ...]:
+  return (x,) if isinstance(x, int) else tuple(x)
+
+
+class Dense(nnx.Module):
+  """y = x · W + b contracting the last len(in_features) axes of x.
+
+  `axes` names the kernel's axes: input axes then output axes, e.g. a query
+  projection is Dense(D, (H, Dh), axes=('embed', 'heads', 'kv')).
+  """
+
+  def __init__(self, in_features, out_features, *, axes, use_bias=True,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    self.in_features, self.out_features = _tuple(in_features), _tuple(out_features)
+    assert len(axes) == len(self.in_features) + len(self.out_features), axes
+    self.dtype = dtype
+    self.kernel = param(rngs, nnx.initializers.normal(INIT_STDDEV),
+                         self.in_features + self.out_features, axes)
+    self.bias = (param(rngs, nnx.initializers.zeros, self.out_features,
+                        axes[len(self.in_features):]) if use_bias else None)
+
+  def __call__(self, x):
+    n_in = len(self.in_features)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                            (contract, ((), ())))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class Embed(nnx.Module):
+  """A (num_embeddings, features) table; `attend` is the tied output projection."""
+
+  def __init__(self, num_embeddings: int, features: int, *, axes, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.embedding = param(rngs, nnx.initializers.normal(INIT_STDDEV),
+                            (num_embeddings, features), axes)
+
+  def __call__(self, ids):
+    return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+  def attend(self, x):
+    return jnp.einsum('...d,vd->...v', x.astype(self.dtype),
+                      self.embedding[...].astype(self.dtype))
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm whose statistics are float32 whatever the compute dtype."""
+
+  def __init__(self, features: int, *, axis_name='embed', eps=1e-12, dtype=jnp.float32,
+               rngs: nnx.Rngs | None = None):
+    self.eps, self.dtype = eps, dtype
+    self.scale = param(rngs, nnx.initializers.ones, (features,), (axis_name,))
+    self.bias = param(rngs, nnx.initializers.zeros, (features,), (axis_name,))
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+def constrain(x, axes: Sequence[str | None]):
+  """Constrains an activation's sharding by logical axis names.
+
+  A no-op unless `bertjax.sharding.activate` has set a mesh and logical rules, so
+  model code runs unchanged on one device.
+  """
+  rules = core_spmd.get_logical_axis_rules()
+  if not rules or jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, sharding.logical_to_spec(axes, rules))

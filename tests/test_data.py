@@ -1,0 +1,101 @@
+import random
+
+import numpy as np
+import pytest
+
+from bertjax.data import corpus, instances, masking, tokenizer as tokenizer_lib
+from bertjax.errors import UserError
+
+
+@pytest.fixture(scope='module')
+def tok(tmp_path_factory):
+  docs = corpus.embedded_documents(300, seed=0)
+  path = tmp_path_factory.mktemp('tok') / 'spm.model'
+  return tokenizer_lib.train_sentencepiece((s for d in docs for s in d), str(path),
+                                           vocab_size=300, model_type='bpe')
+
+
+def test_embedded_corpus_is_reproducible_and_structured():
+  a, b = corpus.embedded_documents(50, seed=3), corpus.embedded_documents(50, seed=3)
+  assert a == b and a != corpus.embedded_documents(50, seed=4)
+  for doc in a:
+    name = doc[0].split()[0]
+    assert doc[0].startswith(f'{name} was born in ')
+    assert len(doc) >= 8
+
+
+def test_sentencepiece_special_ids_and_word_starts(tok):
+  assert [tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id] == [0, 1, 2, 3, 4]
+  ids = tok.encode('maria was born in paris , a city in france .')
+  pieces = [tok.id_to_piece(i) for i in ids]
+  starts = tok.word_start_V[ids]
+  for piece, start in zip(pieces, starts):
+    assert start == (piece.startswith('\u2581') or piece in ',.')
+  assert starts.sum() == 11  # one start per whitespace word
+  assert tok.decode(ids) == 'maria was born in paris , a city in france .'
+
+
+def test_text_files_split_documents_on_blank_lines(tmp_path):
+  (tmp_path / 'a.txt').write_text('One. Two!\nThree?\n\nFour.\n', encoding='utf-8')
+  assert corpus.text_file_documents(str(tmp_path / '*.txt')) == [
+      ['One.', 'Two!', 'Three?'], ['Four.']]
+  (tmp_path / 'b.txt').write_bytes(b'caf\xe9\n')
+  with pytest.raises(UserError, match='not UTF-8'):
+    corpus.text_file_documents(str(tmp_path / 'b.txt'))
+  with pytest.raises(UserError, match='matches no file'):
+    corpus.text_file_documents(str(tmp_path / 'none*.txt'))
+
+
+def test_nsp_pairs_layout_and_balance(tok):
+  docs = [[tok.encode(s) for s in d] for d in corpus.embedded_documents(300, seed=1)]
+  pairs = list(instances.nsp_pairs(docs, seq_len=64, short_seq_prob=0.1,
+                                   rng=random.Random(0)))
+  assert all(len(a) + len(b) <= 61 and a and b for a, b, _ in pairs)
+  random_share = np.mean([r for _, _, r in pairs])
+  assert 0.4 < random_share < 0.6
+  table = instances.pack_pairs(pairs, seq_len=64, cls_id=2, sep_id=3, pad_id=0)
+  a, b, _ = pairs[0]
+  row = table['input_ids'][0]
+  assert row[0] == 2 and row[len(a) + 1] == 3 and row[len(a) + len(b) + 2] == 3
+  assert table['token_type_ids'][0, len(a) + 2] == 1 and table['token_type_ids'][0, len(a) + 1] == 0
+  assert table['attention_mask'][0].sum() == len(a) + len(b) + 3
+
+
+def test_token_masking_statistics(tok):
+  rng = np.random.default_rng(0)
+  batch, length = 2048, 128
+  ids = rng.integers(5, tok.vocab_size, size=(batch, length))
+  lengths = rng.integers(20, length + 1, size=batch)
+  ids[np.arange(length)[None] >= lengths[:, None]] = tok.pad_id
+  ids[:, 0] = tok.cls_id
+  special = tok.special_V[ids]
+  out = masking.mask(ids, tok.word_start_V[ids], special, kind='token', rate=0.15,
+                     max_predictions=length, rng=rng, vocab_size=tok.vocab_size,
+                     mask_id=tok.mask_id, random_ids=np.flatnonzero(~tok.special_V))
+  w = out['weights'].astype(bool)
+  n = (~special).sum(1)
+  assert np.array_equal(w.sum(1), np.minimum(length, np.maximum(1, np.rint(n * 0.15))))
+  rows = np.nonzero(w)[0]
+  pos = out['positions'][w]
+  assert not special[rows, pos].any()  # special tokens are never chosen
+  assert np.array_equal(out['targets'][w], ids[rows, pos])
+  new = out['input_ids'][rows, pos]
+  frac_mask = np.mean(new == tok.mask_id)
+  frac_same = np.mean(new == ids[rows, pos])
+  assert abs(frac_mask - 0.8) < 0.01 and abs(frac_same - 0.1) < 0.01 + 1 / tok.vocab_size
+  untouched = np.ones_like(ids, bool)
+  untouched[rows, pos] = False
+  assert np.array_equal(out['input_ids'][untouched], ids[untouched])
+  assert out['positions'].shape == out['targets'].shape == (batch, length)
+
+
+def test_masking_pads_to_max_predictions_and_rejects_unknown_kind(tok):
+  ids = np.array([[2, 10, 11, 12, 3, 0, 0, 0]])
+  out = masking.mask(ids, tok.word_start_V[ids], tok.special_V[ids], kind='token', rate=0.5,
+                     max_predictions=4, rng=np.random.default_rng(0),
+                     vocab_size=tok.vocab_size, mask_id=tok.mask_id)
+  assert out['weights'].tolist() == [[1, 1, 0, 0]]
+  assert out['positions'][0, 2:].tolist() == [0, 0]
+  with pytest.raises(UserError, match="masking kind 'spam'"):
+    masking.mask(ids, ids, ids == 0, kind='spam', rate=0.15, max_predictions=2,
+                 rng=np.random.default_rng(0), vocab_size=10, mask_id=4)

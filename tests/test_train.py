@@ -1,0 +1,80 @@
+"""End to end: the quickstart's :local variant trains, checkpoints, resumes exactly."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from bertjax import config_lib, train
+from bertjax.errors import UserError
+
+from conftest import ROOT
+
+QUICKSTART = os.path.join(ROOT, 'experiments', 'quickstart.py')
+
+
+def local_config(**overrides):
+  c = config_lib.load_config(QUICKSTART + ':local')
+  return config_lib.apply_overrides(c, [f'{k}={v}' for k, v in overrides.items()])
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  results = train.train_and_evaluate(local_config(), workdir)
+  return workdir, results
+
+
+def test_run_writes_metrics_checkpoints_tokenizer_and_events(finished_run):
+  workdir, results = finished_run
+  config = local_config()
+  records = read_metrics(workdir)
+  train_records = [r for r in records if 'loss' in r]
+  assert [r['step'] for r in train_records] == list(
+      range(config.train.log_every, config.train.steps + 1, config.train.log_every))
+  for key in ('loss', 'mlm_accuracy', 'nsp_accuracy', 'learning_rate', 'tokens_per_sec'):
+    assert all(np.isfinite(r[key]) for r in train_records), key
+  assert train_records[-1]['loss'] < train_records[0]['loss']
+  assert records[-1]['eval_mlm_accuracy'] == pytest.approx(results['mlm_accuracy'])
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', '20']
+  assert os.path.exists(os.path.join(workdir, 'tokenizer', 'spm.model'))
+  assert any(f.startswith('events.out.tfevents')
+             for f in os.listdir(os.path.join(workdir, 'tensorboard')))
+  saved = json.load(open(os.path.join(workdir, 'config.json')))
+  assert saved['train']['steps'] == config.train.steps
+
+
+def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(finished_run, tmp_path):
+  workdir, results = finished_run
+  # Simulate a run that died after its step-10 checkpoint: drop what came later.
+  resumed = str(tmp_path / 'resumed')
+  shutil.copytree(workdir, resumed)
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '20'))
+  os.remove(os.path.join(resumed, 'metrics.jsonl'))
+  resumed_results = train.train_and_evaluate(local_config(), resumed)
+  after = [r for r in read_metrics(resumed) if 'loss' in r]
+  before = {r['step']: r for r in read_metrics(workdir) if 'loss' in r}
+  assert [r['step'] for r in after] == [15, 20]  # it restarted at step 10, not 0
+  for r in after:
+    assert r['loss'] == pytest.approx(before[r['step']]['loss'], rel=1e-6)
+  assert resumed_results['mlm_loss'] == pytest.approx(results['mlm_loss'], rel=1e-6)
+
+
+def test_rerunning_a_finished_workdir_only_evaluates(finished_run):
+  workdir, results = finished_run
+  n_before = len(read_metrics(workdir))
+  again = train.train_and_evaluate(local_config(), workdir)
+  assert again['mlm_accuracy'] == pytest.approx(results['mlm_accuracy'])
+  assert [r for r in read_metrics(workdir)[n_before:] if 'loss' in r] == []
+
+
+def test_resuming_with_another_model_is_refused(finished_run):
+  workdir, _ = finished_run
+  with pytest.raises(UserError, match='was trained with model='):
+    train.train_and_evaluate(local_config(**{'model.num_layers': 3}), workdir)
