@@ -36,6 +36,23 @@ def _train(args, overrides):
   train.train_and_evaluate(config, args.workdir)
 
 
+def _import(args, overrides):
+  _no_overrides(overrides, 'import')
+  from bertjax import hf
+  hf.import_hf(args.source, args.workdir)
+
+
+def _export(args, overrides):
+  _no_overrides(overrides, 'export')
+  from bertjax import hf
+  hf.export_hf(args.workdir, args.out, step=args.step)
+
+
+def _no_overrides(overrides, command):
+  if overrides:
+    raise UserError(f'{command} takes no --config flags (got {overrides[0]!r})')
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='bertjax', description='Pre-train and fine-tune BERT in JAX.')
   commands = parser.add_subparsers(dest='command', required=True)
@@ -45,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument('--config', required=True, help='experiments/FILE.py[:arg]')
   train.add_argument('--workdir', required=True, help='run directory; re-running resumes it')
   train.set_defaults(run=_train)
+
+  imp = commands.add_parser('import', help='turn a Hugging Face BERT directory into a workdir')
+  imp.add_argument('--format', choices=['hf'], default='hf')
+  imp.add_argument('--from', dest='source', required=True,
+                   help='directory with config.json, model.safetensors and a tokenizer')
+  imp.add_argument('--workdir', required=True, help='new workdir to create')
+  imp.set_defaults(run=_import)
+
+  exp = commands.add_parser('export', help='write a workdir\'s weights for transformers')
+  exp.add_argument('--workdir', required=True)
+  exp.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
+  exp.add_argument('--format', choices=['hf'], default='hf')
+  exp.add_argument('--out', required=True, help='output directory')
+  exp.set_defaults(run=_export)
   return parser
 
 

@@ -55,6 +55,26 @@ def model_preset(name: str) -> ConfigDict:
   ))
 
 
+def model_from_bert_config(cfg) -> ConfigDict:
+  """The `model` config group describing an existing BertConfig (e.g. an import)."""
+  c = model_preset('base')
+  for key in c.keys():
+    if hasattr(cfg, key):
+      c[key] = getattr(cfg, key)
+  c.preset = 'custom'
+  return c
+
+
+def load_workdir_config(workdir: str) -> ConfigDict:
+  """The resolved config a workdir was trained (or imported) with, locked."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise UserError(f'{workdir} has no config.json; is it a bertjax workdir? '
+                    '(`bertjax train` or `bertjax import` create one)')
+  with open(path, encoding='utf-8') as f:
+    return ConfigDict(json.load(f)).lock()
+
+
 def pretrain_defaults(model: str = 'base') -> ConfigDict:
   """BERT pre-training recipe (DESIGN.md facts), unlocked so experiment files edit it.
 
@@ -62,6 +82,8 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   """
   c = ConfigDict()
   c.seed = 0
+  # A Hugging Face directory this run's weights came from (set by `bertjax import`).
+  c.init = ''
   c.model = model_preset(model)
 
   c.data = ConfigDict()

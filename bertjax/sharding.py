@@ -96,6 +96,12 @@ def batch_sharding(mesh, rules) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(('batch',), rules))
 
 
+def num_batch_shards(mesh, rules) -> int:
+  """How many ways the batch dimension is split (the global batch must divide by it)."""
+  axes = logical_to_spec(('batch',), rules)[0] or ()
+  return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+
+
 @contextlib.contextmanager
 def activate(mesh, rules):
   """Sets the mesh and rules that `layers.constrain` reads while tracing."""

@@ -28,13 +28,26 @@ _FIXED_KEYS = ('model', 'data.tokenizer', 'data.seq_len', 'data.corpus', 'seed')
 
 
 def check_and_write_config(config, workdir: str) -> None:
-  """Writes the resolved config; refuses to resume with a different model or data."""
+  """Writes the resolved config; refuses to resume with a different model or data.
+
+  A workdir made by `bertjax import` fixes the architecture and tokenizer: the
+  experiment's own `model` and `data.tokenizer` give way to the imported ones.
+  """
   path = os.path.join(workdir, 'config.json')
-  new = json.loads(config_lib.to_json(config))
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       old = json.load(f)
-    for key in _FIXED_KEYS:
+    if old.get('init') and not config.init:
+      with config.unlocked():
+        config.init = old['init']
+        config.model = config_lib.ConfigDict(old['model'])
+        config.data.tokenizer = config_lib.ConfigDict(old['data']['tokenizer'])
+      reporting.log(f'{workdir} was imported from {old["init"]}: training its '
+                    f'{old["model"]["num_layers"]}-layer, {old["model"]["hidden_size"]}-wide '
+                    'model with its tokenizer')
+    new = json.loads(config_lib.to_json(config))
+    started = os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+    for key in _FIXED_KEYS if started else ():
       a, b = old, new
       for part in key.split('.'):
         a, b = a.get(part), b.get(part)
@@ -60,6 +73,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   rules = sharding.rules_from_config(config.mesh)
   data = pipeline.build(config, workdir)
   model_cfg = model_config(config, data.tokenizer.vocab_size)
+  if config.data.seq_len > model_cfg.max_position_embeddings:
+    raise UserError(f'data.seq_len {config.data.seq_len} exceeds the model\'s '
+                    f'{model_cfg.max_position_embeddings} position embeddings')
   total_steps = config.train.steps
   optimizer = optim.make_optimizer(config.optim, total_steps)
   schedule = optim.learning_rate_schedule(config.optim, total_steps)
@@ -86,6 +102,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                         transform_non_params=lambda _: replicated))
   graphdef = nnx.graphdef(abstract_model)
   batch_sharding = sharding.batch_sharding(mesh, rules)
+  batch_shards = sharding.num_batch_shards(mesh, rules)
+  if config.train.batch_size % batch_shards:
+    raise UserError(f'train.batch_size {config.train.batch_size} does not split over the '
+                    f'{batch_shards} batch shards of mesh {dict(mesh.shape)}; use a multiple '
+                    f'of {batch_shards}')
 
   def train_step(state, batch):
     # Dropout derives from (seed, step): a resumed run draws the same masks.
@@ -105,8 +126,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   def eval_step(params, batch):
     return pretrain.eval_counts(nnx.merge(graphdef, params), batch)
 
+  def init_from_params(params):
+    return dict(step=jnp.zeros((), jnp.int32), params=params,
+                opt_state=optimizer.init(params))
+
   with sharding.activate(mesh, rules):
     p_init = jax.jit(init_state, out_shardings=state_sharding)
+    p_init_from_params = jax.jit(init_from_params, in_shardings=(params_sharding,),
+                                 out_shardings=state_sharding)
     p_train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                            out_shardings=(state_sharding, replicated), donate_argnums=0)
     p_eval_step = jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding),
@@ -122,6 +149,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   if state is None:
     state = p_init(base_key)
     start = 0
+  elif 'step' not in state:  # imported weights: fresh optimizer, step 0
+    state = p_init_from_params(state['params'])
+    start = 0
+    reporting.log(f'starting from the weights imported from {config.init}')
   else:
     start = int(state['step'])
     reporting.log(f'resumed from step {start} in {workdir}')

@@ -22,7 +22,7 @@ from bertjax.errors import UserError
 
 @dataclasses.dataclass
 class PretrainData:
-  tokenizer: tokenizer_lib.SentencePieceTokenizer
+  tokenizer: tokenizer_lib.Tokenizer
   train: grain.MapDataset  # yields this process's share of each global batch
   eval_batches: list[dict[str, np.ndarray]]
   num_train_instances: int
@@ -30,10 +30,11 @@ class PretrainData:
 
 
 def load_or_train_tokenizer(data_cfg, documents, workdir: str):
-  """The workdir's tokenizer, trained on `documents` on the first run."""
+  """The workdir's tokenizer (trained or imported), else one trained on `documents`."""
+  existing = tokenizer_lib.find(os.path.join(workdir, 'tokenizer'))
+  if existing is not None:
+    return existing
   path = os.path.join(workdir, 'tokenizer', 'spm.model')
-  if os.path.exists(path):
-    return tokenizer_lib.SentencePieceTokenizer(path)
   if data_cfg.tokenizer.kind != 'sentencepiece':
     raise UserError(f'tokenizer kind {data_cfg.tokenizer.kind!r} cannot be trained; use '
                     '"sentencepiece" or import a WordPiece model with `bertjax import`')

@@ -6,9 +6,11 @@ begins with '▁' or is a lone punctuation mark (ALBERT's rule).
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import unicodedata
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -17,6 +19,57 @@ from bertjax.errors import UserError
 
 SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
 _SP_WORD_BOUNDARY = '\u2581'
+
+
+class Tokenizer(Protocol):
+  """What the rest of bertjax needs from a tokenizer (SentencePiece or WordPiece)."""
+  vocab_size: int
+  pad_id: int
+  unk_id: int
+  cls_id: int
+  sep_id: int
+  mask_id: int
+  special_V: np.ndarray     # bool: never masked
+  word_start_V: np.ndarray  # bool: the piece starts a word
+
+  def encode(self, text: str) -> list[int]: ...
+
+  def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def find(directory: str) -> Tokenizer | None:
+  """The tokenizer saved in a workdir's `tokenizer/` directory, or None."""
+  spm_path = os.path.join(directory, 'spm.model')
+  if os.path.isfile(spm_path):
+    return SentencePieceTokenizer(spm_path)
+  vocab_path = os.path.join(directory, 'vocab.txt')
+  if os.path.isfile(vocab_path):
+    from bertjax.data.wordpiece import WordPieceTokenizer
+    lower = True
+    config_path = os.path.join(directory, 'tokenizer_config.json')
+    if os.path.isfile(config_path):
+      with open(config_path, encoding='utf-8') as f:
+        lower = bool(json.load(f).get('do_lower_case', True))
+    return WordPieceTokenizer(vocab_path, do_lower_case=lower)
+  return None
+
+
+def save(tok: Tokenizer, directory: str) -> None:
+  """Writes `tok` into a workdir's `tokenizer/` directory, where `find` reads it."""
+  os.makedirs(directory, exist_ok=True)
+  if isinstance(tok, SentencePieceTokenizer):
+    shutil.copyfile(tok.path, os.path.join(directory, 'spm.model'))
+    return
+  shutil.copyfile(tok.path, os.path.join(directory, 'vocab.txt'))
+  with open(os.path.join(directory, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
+    json.dump({'do_lower_case': tok.do_lower_case}, f)
+
+
+def load(directory: str) -> Tokenizer:
+  tok = find(directory)
+  if tok is None:
+    raise UserError(f'{directory} holds no tokenizer (spm.model or vocab.txt)')
+  return tok
 
 
 def _is_punctuation(piece: str) -> bool:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bertjax.models import layers
+from bertjax.models import attention, layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,9 @@ class BertConfig:
   attention: str = 'xla'
 
   def __post_init__(self):
+    if self.attention not in attention.IMPLEMENTATIONS:
+      raise ValueError(f'unknown attention implementation {self.attention!r}; choose one '
+                       f'of {attention.IMPLEMENTATIONS}')
     if self.hidden_size % self.num_heads:
       raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of '
                        f'num_heads {self.num_heads}')
@@ -49,37 +52,6 @@ class BertConfig:
   def from_dict(cls, d: dict[str, Any]) -> 'BertConfig':
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def _dropout(x, rate: float, rngs: nnx.Rngs | None):
-  """Inverted dropout; `rngs=None` means evaluation (deterministic)."""
-  if rngs is None or rate == 0.0:
-    return x
-  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-def attention_bias(attention_mask_BL, dtype):
-  """Additive (B, 1, L, L) bias: 0 where query may attend key, dtype-min elsewhere.
-
-  A key is visible when it is not padding and lies in the query's document; a padding
-  query (id 0) sees every non-padding key, as `transformers` does, so padded rows
-  stay finite and match the reference.
-  """
-  q = attention_mask_BL[:, :, None]
-  k = attention_mask_BL[:, None, :]
-  visible_BLL = (k > 0) & ((q == k) | (q == 0))
-  return jnp.where(visible_BLL, 0.0, jnp.finfo(dtype).min).astype(dtype)[:, None]
-
-
-def xla_attention(q_BLHK, k_BLHK, v_BLHK, bias_B1LL, dropout_rate, rngs):
-  scale = q_BLHK.shape[-1] ** -0.5
-  logits_BHLL = jnp.einsum('bqhk,bshk->bhqs', q_BLHK * scale, k_BLHK)
-  # Softmax statistics in float32 whatever the compute dtype.
-  logits_BHLL = logits_BHLL.astype(jnp.float32) + bias_B1LL.astype(jnp.float32)
-  probs_BHLL = jax.nn.softmax(logits_BHLL, axis=-1).astype(q_BLHK.dtype)
-  probs_BHLL = _dropout(probs_BHLL, dropout_rate, rngs)
-  return jnp.einsum('bhqs,bshk->bqhk', probs_BHLL, v_BLHK)
 
 
 class Embeddings(nnx.Module):
@@ -101,7 +73,7 @@ class Embeddings(nnx.Module):
              + self.token_type_embeddings(token_type_ids_BL)
              + self.position_embeddings(position_ids_BL))
     x_BLD = self.layer_norm(x_BLD)
-    return _dropout(x_BLD, self.dropout_rate, rngs)
+    return layers.dropout(x_BLD, self.dropout_rate, rngs)
 
 
 class SelfAttention(nnx.Module):
@@ -113,18 +85,18 @@ class SelfAttention(nnx.Module):
     self.key = layers.Dense(d, (h, k), axes=qkv_axes, dtype=dt, rngs=rngs)
     self.value = layers.Dense(d, (h, k), axes=qkv_axes, dtype=dt, rngs=rngs)
     self.output = layers.Dense((h, k), d, axes=('heads', 'kv', 'embed'), dtype=dt, rngs=rngs)
-    self.attention = cfg.attention
+    self.implementation = cfg.attention
     self.attention_dropout_rate = cfg.attention_dropout_rate
-    if cfg.attention != 'xla':
-      raise ValueError(f'attention {cfg.attention!r} is not available; use "xla"')
 
-  def __call__(self, x_BLD, bias_B1LL, rngs):
-    q_BLHK = layers.constrain(self.query(x_BLD), ('batch', 'length', 'heads', 'kv'))
-    k_BLHK = layers.constrain(self.key(x_BLD), ('batch', 'length', 'heads', 'kv'))
-    v_BLHK = layers.constrain(self.value(x_BLD), ('batch', 'length', 'heads', 'kv'))
-    out_BLHK = xla_attention(q_BLHK, k_BLHK, v_BLHK, bias_B1LL,
-                             self.attention_dropout_rate, rngs)
-    return self.output(out_BLHK)
+  def __call__(self, x_BLD, attention_mask_BL, rngs):
+    axes = ('batch', 'length', 'heads', 'kv')
+    q_BLHK = layers.constrain(self.query(x_BLD), axes)
+    k_BLHK = layers.constrain(self.key(x_BLD), axes)
+    v_BLHK = layers.constrain(self.value(x_BLD), axes)
+    out_BLHK = attention.attend(self.implementation, q_BLHK, k_BLHK, v_BLHK,
+                                attention_mask_BL, dropout_rate=self.attention_dropout_rate,
+                                rngs=rngs)
+    return self.output(layers.constrain(out_BLHK, axes))
 
 
 class EncoderLayer(nnx.Module):
@@ -143,26 +115,31 @@ class EncoderLayer(nnx.Module):
                                               dtype=dt, rngs=rngs)
     self.dropout_rate = cfg.dropout_rate
 
-  def __call__(self, x_BLD, bias_B1LL, rngs):
-    attn_BLD = _dropout(self.attention(x_BLD, bias_B1LL, rngs), self.dropout_rate, rngs)
+  def __call__(self, x_BLD, attention_mask_BL, rngs):
+    attn_BLD = layers.dropout(self.attention(x_BLD, attention_mask_BL, rngs),
+                              self.dropout_rate, rngs)
     x_BLD = self.attention_layer_norm(x_BLD + attn_BLD)
     # Exact (erf) GELU, as BERT's hidden_act='gelu'.
     h_BLF = jax.nn.gelu(self.intermediate(x_BLD), approximate=False)
     h_BLF = layers.constrain(h_BLF, ('batch', 'length', 'mlp'))
-    ffn_BLD = _dropout(self.output(h_BLF), self.dropout_rate, rngs)
+    ffn_BLD = layers.dropout(self.output(h_BLF), self.dropout_rate, rngs)
     x_BLD = self.output_layer_norm(x_BLD + ffn_BLD)
     return layers.constrain(x_BLD, ('batch', 'length', 'embed'))
 
 
 class BertModel(nnx.Module):
-  """Embeddings, encoder and pooler; returns (sequence_output_BLD, pooled_BD)."""
+  """Embeddings, encoder and pooler; returns (sequence_output_BLD, pooled_BD).
 
-  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+  `add_pooler=False` drops the pooler (pooled_BD is None), as `transformers` does
+  for token classification and QA, so their checkpoints have no pooler weights.
+  """
+
+  def __init__(self, cfg: BertConfig, *, add_pooler: bool = True, rngs: nnx.Rngs):
     self.config = cfg
     self.embeddings = Embeddings(cfg, rngs=rngs)
     self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-    self.pooler = layers.Dense(cfg.hidden_size, cfg.hidden_size, axes=('embed', 'mlp'),
-                               dtype=cfg.compute_dtype, rngs=rngs)
+    self.pooler = (layers.Dense(cfg.hidden_size, cfg.hidden_size, axes=('embed', 'mlp'),
+                                dtype=cfg.compute_dtype, rngs=rngs) if add_pooler else None)
 
   def __call__(self, input_ids_BL, token_type_ids_BL=None, attention_mask_BL=None,
                position_ids_BL=None, *, rngs: nnx.Rngs | None = None):
@@ -176,8 +153,7 @@ class BertModel(nnx.Module):
       position_ids_BL = jnp.broadcast_to(jnp.arange(length), (batch, length))
     x_BLD = self.embeddings(input_ids_BL, token_type_ids_BL, position_ids_BL, rngs)
     x_BLD = layers.constrain(x_BLD, ('batch', 'length', 'embed'))
-    bias_B1LL = attention_bias(attention_mask_BL, self.config.compute_dtype)
     for layer in self.layers:
-      x_BLD = layer(x_BLD, bias_B1LL, rngs)
-    pooled_BD = jnp.tanh(self.pooler(x_BLD[:, 0]))
+      x_BLD = layer(x_BLD, attention_mask_BL, rngs)
+    pooled_BD = jnp.tanh(self.pooler(x_BLD[:, 0])) if self.pooler is not None else None
     return x_BLD, pooled_BD

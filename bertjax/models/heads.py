@@ -1,4 +1,9 @@
-"""Heads over the encoder: masked-LM (tied decoder + bias) and next-sentence.
+"""Heads over the encoder: masked-LM (tied decoder + bias), next-sentence, and the
+task heads (sequence classification/regression, token classification, QA spans).
+
+Each model is `bert` plus a head; `head(x_BLD, pooled_BD, ...)` applies the head to
+encoder outputs, so callers that also want the hidden states run the encoder once.
+Module and parameter names follow `transformers`' classes (see hf_weights.py).
 
 The MLM head runs only at the `positions_BP` chosen by masking: P is a fixed
 max_predictions, so shapes stay static and the V-wide matmul costs P, not L, rows.
@@ -40,11 +45,88 @@ class BertForPreTraining(nnx.Module):
     self.mlm = MaskedLMHead(cfg, rngs=rngs)
     self.nsp = layers.Dense(cfg.hidden_size, 2, axes=('embed', None), rngs=rngs)
 
-  def __call__(self, input_ids_BL, token_type_ids_BL, attention_mask_BL, positions_BP, *,
-               rngs: nnx.Rngs | None = None):
-    x_BLD, pooled_BD = self.bert(input_ids_BL, token_type_ids_BL, attention_mask_BL,
-                                 rngs=rngs)
+  def head(self, x_BLD, pooled_BD, positions_BP, rngs=None):
     x_BPD = jnp.take_along_axis(x_BLD, positions_BP[..., None], axis=1)
     mlm_logits_BPV = self.mlm(x_BPD, self.bert.embeddings.word_embeddings)
     nsp_logits_B2 = self.nsp(pooled_BD).astype(jnp.float32)
     return mlm_logits_BPV, nsp_logits_B2
+
+  def __call__(self, input_ids_BL, token_type_ids_BL, attention_mask_BL, positions_BP, *,
+               rngs: nnx.Rngs | None = None):
+    x_BLD, pooled_BD = self.bert(input_ids_BL, token_type_ids_BL, attention_mask_BL,
+                                 rngs=rngs)
+    return self.head(x_BLD, pooled_BD, positions_BP)
+
+
+class BertForSequenceClassification(nnx.Module):
+  """Pooled output -> dropout -> num_labels logits (num_labels=1 is regression)."""
+
+  def __init__(self, cfg: BertConfig, num_labels: int, *, rngs: nnx.Rngs):
+    self.config, self.num_labels = cfg, num_labels
+    self.bert = BertModel(cfg, rngs=rngs)
+    self.classifier = layers.Dense(cfg.hidden_size, num_labels, axes=('embed', None),
+                                   rngs=rngs)
+
+  def head(self, x_BLD, pooled_BD, rngs=None):
+    del x_BLD
+    pooled_BD = layers.dropout(pooled_BD, self.config.dropout_rate, rngs)
+    return self.classifier(pooled_BD).astype(jnp.float32)
+
+  def __call__(self, input_ids_BL, token_type_ids_BL=None, attention_mask_BL=None, *,
+               rngs: nnx.Rngs | None = None):
+    return self.head(*self.bert(input_ids_BL, token_type_ids_BL, attention_mask_BL,
+                                rngs=rngs), rngs)
+
+
+class BertForTokenClassification(nnx.Module):
+  """Per-token num_labels logits over the sequence output (no pooler)."""
+
+  def __init__(self, cfg: BertConfig, num_labels: int, *, rngs: nnx.Rngs):
+    self.config, self.num_labels = cfg, num_labels
+    self.bert = BertModel(cfg, add_pooler=False, rngs=rngs)
+    self.classifier = layers.Dense(cfg.hidden_size, num_labels, axes=('embed', None),
+                                   rngs=rngs)
+
+  def head(self, x_BLD, pooled_BD, rngs=None):
+    del pooled_BD
+    x_BLD = layers.dropout(x_BLD, self.config.dropout_rate, rngs)
+    return self.classifier(x_BLD).astype(jnp.float32)
+
+  def __call__(self, input_ids_BL, token_type_ids_BL=None, attention_mask_BL=None, *,
+               rngs: nnx.Rngs | None = None):
+    return self.head(*self.bert(input_ids_BL, token_type_ids_BL, attention_mask_BL,
+                                rngs=rngs), rngs)
+
+
+class BertForQuestionAnswering(nnx.Module):
+  """Start and end logits (B, L) for extractive QA spans (no pooler)."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    self.bert = BertModel(cfg, add_pooler=False, rngs=rngs)
+    self.qa_outputs = layers.Dense(cfg.hidden_size, 2, axes=('embed', None), rngs=rngs)
+
+  def head(self, x_BLD, pooled_BD, rngs=None):
+    del pooled_BD, rngs
+    logits_BL2 = self.qa_outputs(x_BLD).astype(jnp.float32)
+    return logits_BL2[..., 0], logits_BL2[..., 1]
+
+  def __call__(self, input_ids_BL, token_type_ids_BL=None, attention_mask_BL=None, *,
+               rngs: nnx.Rngs | None = None):
+    return self.head(*self.bert(input_ids_BL, token_type_ids_BL, attention_mask_BL,
+                                rngs=rngs))
+
+
+def build(kind: str, cfg: BertConfig, *, num_labels: int = 2, rngs: nnx.Rngs):
+  """A model by head kind (the keys of hf_weights.HF_CLASSES)."""
+  if kind == 'encoder':
+    return BertModel(cfg, rngs=rngs)
+  if kind == 'pretraining':
+    return BertForPreTraining(cfg, rngs=rngs)
+  if kind == 'sequence_classification':
+    return BertForSequenceClassification(cfg, num_labels, rngs=rngs)
+  if kind == 'token_classification':
+    return BertForTokenClassification(cfg, num_labels, rngs=rngs)
+  if kind == 'question_answering':
+    return BertForQuestionAnswering(cfg, rngs=rngs)
+  raise ValueError(f'unknown model kind {kind!r}')

@@ -32,6 +32,14 @@ def _tuple(x: int | Sequence[int]) -> tuple[int, ...]:
   return (x,) if isinstance(x, int) else tuple(x)
 
 
+def dropout(x, rate: float, rngs: nnx.Rngs | None):
+  """Inverted dropout; `rngs=None` means evaluation (deterministic)."""
+  if rngs is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
 class Dense(nnx.Module):
   """y = x · W + b contracting the last len(in_features) axes of x.
 
@@ -93,13 +101,16 @@ class LayerNorm(nnx.Module):
     return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
 
 
-def constrain(x, axes: Sequence[str | None]):
-  """Constrains an activation's sharding by logical axis names.
-
-  A no-op unless `bertjax.sharding.activate` has set a mesh and logical rules, so
-  model code runs unchanged on one device.
-  """
+def active_spec(axes: Sequence[str | None]):
+  """The PartitionSpec for logical `axes` under the active mesh and rules, or None
+  when `bertjax.sharding.activate` is not in effect (one device, no mesh)."""
   rules = core_spmd.get_logical_axis_rules()
   if not rules or jax.sharding.get_abstract_mesh().empty:
-    return x
-  return jax.lax.with_sharding_constraint(x, sharding.logical_to_spec(axes, rules))
+    return None
+  return sharding.logical_to_spec(axes, rules)
+
+
+def constrain(x, axes: Sequence[str | None]):
+  """Constrains an activation's sharding by logical axis names (no-op without a mesh)."""
+  spec = active_spec(axes)
+  return x if spec is None else jax.lax.with_sharding_constraint(x, spec)

@@ -1,0 +1,136 @@
+"""Weight names and layouts between bertjax and Hugging Face `transformers` BERT.
+
+A `transformers` Linear stores weight (out, in); bertjax's Dense stores kernel
+(*in, *out) (e.g. query (D, H, K)), so a kernel maps as reshape(in, out).T. Each
+head kind lists the checkpoint prefixes of `transformers`' matching class.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# bertjax head kind -> transformers class name.
+HF_CLASSES = {
+    'pretraining': 'BertForPreTraining',
+    'sequence_classification': 'BertForSequenceClassification',
+    'token_classification': 'BertForTokenClassification',
+    'question_answering': 'BertForQuestionAnswering',
+    'encoder': 'BertModel',
+}
+
+
+def _dense(hf: str, ours: tuple, n_in: int = 1):
+  return [(f'{hf}.weight', ours + ('kernel',), ('dense', n_in)),
+          (f'{hf}.bias', ours + ('bias',), ('flat',))]
+
+
+def _layer_norm(hf: str, ours: tuple):
+  return [(f'{hf}.weight', ours + ('scale',), ('flat',)),
+          (f'{hf}.bias', ours + ('bias',), ('flat',))]
+
+
+def _encoder_names(num_layers: int, prefix: str, with_pooler: bool):
+  names = [
+      (f'{prefix}embeddings.word_embeddings.weight',
+       ('bert', 'embeddings', 'word_embeddings', 'embedding'), ('flat',)),
+      (f'{prefix}embeddings.position_embeddings.weight',
+       ('bert', 'embeddings', 'position_embeddings', 'embedding'), ('flat',)),
+      (f'{prefix}embeddings.token_type_embeddings.weight',
+       ('bert', 'embeddings', 'token_type_embeddings', 'embedding'), ('flat',)),
+      *_layer_norm(f'{prefix}embeddings.LayerNorm', ('bert', 'embeddings', 'layer_norm')),
+  ]
+  for i in range(num_layers):
+    hf, ours = f'{prefix}encoder.layer.{i}.', ('bert', 'layers', i)
+    names += [
+        *_dense(hf + 'attention.self.query', ours + ('attention', 'query')),
+        *_dense(hf + 'attention.self.key', ours + ('attention', 'key')),
+        *_dense(hf + 'attention.self.value', ours + ('attention', 'value')),
+        *_dense(hf + 'attention.output.dense', ours + ('attention', 'output'), n_in=2),
+        *_layer_norm(hf + 'attention.output.LayerNorm', ours + ('attention_layer_norm',)),
+        *_dense(hf + 'intermediate.dense', ours + ('intermediate',)),
+        *_dense(hf + 'output.dense', ours + ('output',)),
+        *_layer_norm(hf + 'output.LayerNorm', ours + ('output_layer_norm',)),
+    ]
+  if with_pooler:
+    names += _dense(f'{prefix}pooler.dense', ('bert', 'pooler'))
+  return names
+
+
+def name_map(kind: str, num_layers: int):
+  """[(hf_name, our_path, layout)] for a model of head `kind`."""
+  if kind == 'encoder':  # a bare BertModel checkpoint has no 'bert.' prefix
+    return _encoder_names(num_layers, '', with_pooler=True)
+  pooled = kind in ('pretraining', 'sequence_classification')
+  names = _encoder_names(num_layers, 'bert.', with_pooler=pooled)
+  if kind == 'pretraining':
+    names += [*_dense('cls.predictions.transform.dense', ('mlm', 'transform')),
+              *_layer_norm('cls.predictions.transform.LayerNorm', ('mlm', 'layer_norm')),
+              ('cls.predictions.bias', ('mlm', 'bias'), ('flat',)),
+              *_dense('cls.seq_relationship', ('nsp',))]
+  elif kind in ('sequence_classification', 'token_classification'):
+    names += _dense('classifier', ('classifier',))
+  elif kind == 'question_answering':
+    names += _dense('qa_outputs', ('qa_outputs',))
+  return names
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def to_hf(params, kind: str, num_layers: int) -> dict[str, np.ndarray]:
+  """bertjax params (pure dict) -> {transformers name: float32 array}."""
+  out = {}
+  for hf_name, path, layout in name_map(kind, num_layers):
+    value = np.asarray(_get(params, path), np.float32)
+    if layout[0] == 'dense':
+      n_in = layout[1]
+      value = value.reshape(math.prod(value.shape[:n_in]), -1).T
+    else:
+      value = value.reshape(-1) if path[-1] == 'bias' else value
+    out[hf_name] = np.ascontiguousarray(value)
+  return out
+
+
+def _load(tensors, names, initial_params):
+  """Params like `initial_params` with the named tensors put in (transposed/reshaped);
+  returns (params, our paths of `names` absent from `tensors`)."""
+  params, missing = initial_params, []
+  for hf_name, path, layout in names:
+    if hf_name not in tensors:
+      missing.append(path)
+      continue
+    value = np.asarray(tensors[hf_name], np.float32)
+    value = (value.T if layout[0] == 'dense' else value).reshape(
+        _get(initial_params, path).shape)
+    params = _replace(params, path, value)
+  return params, missing
+
+
+def _replace(tree, path, value):
+  if not path:
+    return value
+  return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
+
+
+def from_hf(tensors, initial_params, kind: str, num_layers: int):
+  """{transformers name: array} -> params shaped like `initial_params`.
+
+  Returns (params, missing): `missing` lists our paths absent from `tensors`; those
+  keep their values from `initial_params`.
+  """
+  return _load(tensors, name_map(kind, num_layers), initial_params)
+
+
+def into_pretraining(tensors, initial_params, kind: str, num_layers: int):
+  """Weights of a checkpoint of any head kind -> a BertForPreTraining's params: the
+  encoder, and the MLM/NSP heads where the checkpoint has them. Returns
+  (params, missing paths), the missing ones initialised from `initial_params`."""
+  if kind == 'encoder':  # a bare BertModel: names without the 'bert.' prefix
+    params, _ = _load(tensors, name_map('encoder', num_layers), initial_params)
+    missing = [p for _, p, _ in name_map('pretraining', num_layers) if p[0] != 'bert']
+    return params, missing
+  return _load(tensors, name_map('pretraining', num_layers), initial_params)

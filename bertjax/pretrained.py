@@ -1,0 +1,184 @@
+"""The Python API: `from_pretrained(path)` and `save_pretrained(model, tokenizer, out)`.
+
+    model, tokenizer = bertjax.from_pretrained('runs/quickstart')   # or an HF directory
+    batch = tokenizer(['a first text', 'and a second'])
+    out = model(**batch)        # out.last_hidden_state, out.pooled_output, head logits
+    bertjax.save_pretrained(model, tokenizer, 'exported/')   # transformers loads it
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bertjax import checkpoint, config_lib, hf, hf_weights
+from bertjax.data import tokenizer as tokenizer_lib
+from bertjax.errors import UserError
+from bertjax.models import heads
+from bertjax.models.bert import BertConfig
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class BertOutput:
+  """Outputs named as in `transformers`; head logits are None where there is no head."""
+  last_hidden_state: jax.Array
+  pooled_output: jax.Array | None
+  prediction_logits: jax.Array | None = None
+  seq_relationship_logits: jax.Array | None = None
+  logits: jax.Array | None = None
+  start_logits: jax.Array | None = None
+  end_logits: jax.Array | None = None
+
+
+class PretrainedModel:
+  """A BERT with its weights, callable like a `transformers` model (eval mode)."""
+
+  def __init__(self, module: nnx.Module, kind: str, config: BertConfig, num_labels: int = 2):
+    self.module, self.kind, self.config, self.num_labels = module, kind, config, num_labels
+    self._graphdef, self._state = nnx.split(module)
+    self._forward = jax.jit(self._apply)
+
+  @property
+  def params(self):
+    return nnx.to_pure_dict(self._state)
+
+  def _apply(self, state, input_ids, token_type_ids, attention_mask):
+    module = nnx.merge(self._graphdef, state)
+    bert = module if self.kind == 'encoder' else module.bert
+    hidden, pooled = bert(input_ids, token_type_ids, attention_mask)
+    out = BertOutput(hidden, pooled)
+    if self.kind == 'pretraining':
+      every_position = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+      out.prediction_logits, out.seq_relationship_logits = module.head(
+          hidden, pooled, every_position)
+    elif self.kind in ('sequence_classification', 'token_classification'):
+      out.logits = module.head(hidden, pooled)
+    elif self.kind == 'question_answering':
+      out.start_logits, out.end_logits = module.head(hidden, pooled)
+    return out
+
+  def __call__(self, input_ids, token_type_ids=None, attention_mask=None) -> BertOutput:
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    if input_ids.ndim == 1:
+      raise UserError('input_ids must be a batch (B, L); wrap a single sequence in a list')
+    if input_ids.shape[1] > self.config.max_position_embeddings:
+      raise UserError(f'sequences of {input_ids.shape[1]} tokens exceed the model\'s '
+                      f'{self.config.max_position_embeddings} positions; truncate them')
+    zeros = jnp.zeros_like(input_ids)
+    token_type_ids = zeros if token_type_ids is None else jnp.asarray(token_type_ids, jnp.int32)
+    attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
+                      else jnp.asarray(attention_mask, jnp.int32))
+    return self._forward(self._state, input_ids, token_type_ids, attention_mask)
+
+
+class PretrainedTokenizer:
+  """Batches text the way `transformers` tokenizers do: [CLS] A [SEP] (B [SEP])."""
+
+  def __init__(self, tokenizer: tokenizer_lib.Tokenizer, max_length: int = 512):
+    self.tokenizer, self.max_length = tokenizer, max_length
+
+  def encode(self, text: str) -> list[int]:
+    return self.tokenizer.encode(text)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.tokenizer.decode(ids)
+
+  def __call__(self, texts: str | Sequence[str], text_pair: str | Sequence[str] | None = None,
+               *, max_length: int | None = None, truncation: bool = True,
+               padding: bool = True) -> dict[str, np.ndarray]:
+    """input_ids, token_type_ids, attention_mask as (B, L) int32 arrays, padded to the
+    longest sequence; pairs are truncated longest-first, as `transformers` does."""
+    single = isinstance(texts, str)
+    texts = [texts] if single else list(texts)
+    pairs = [None] * len(texts) if text_pair is None else (
+        [text_pair] if isinstance(text_pair, str) else list(text_pair))
+    if len(pairs) != len(texts):
+      raise UserError(f'{len(texts)} texts but {len(pairs)} text pairs')
+    limit = max_length or self.max_length
+    tok = self.tokenizer
+    rows = []
+    for a_text, b_text in zip(texts, pairs):
+      a = tok.encode(a_text)
+      b = tok.encode(b_text) if b_text is not None else None
+      budget = limit - (3 if b is not None else 2)
+      if truncation:
+        while len(a) + len(b or ()) > budget:
+          if b is not None and len(b) > len(a):
+            b.pop()
+          else:
+            a.pop()
+      ids = [tok.cls_id, *a, tok.sep_id] + ([*b, tok.sep_id] if b is not None else [])
+      types = [0] * (len(a) + 2) + [1] * (len(b) + 1 if b is not None else 0)
+      rows.append((ids, types))
+    width = max(len(ids) for ids, _ in rows)
+    if not padding and len({len(ids) for ids, _ in rows}) > 1:
+      raise UserError('texts of different lengths need padding=True')
+    out = {k: np.full((len(rows), width), v, np.int32)
+           for k, v in (('input_ids', tok.pad_id), ('token_type_ids', 0),
+                        ('attention_mask', 0))}
+    for i, (ids, types) in enumerate(rows):
+      out['input_ids'][i, :len(ids)] = ids
+      out['token_type_ids'][i, :len(ids)] = types
+      out['attention_mask'][i, :len(ids)] = 1
+    return out
+
+
+def from_pretrained(path: str) -> tuple[PretrainedModel, PretrainedTokenizer]:
+  """Loads a Hugging Face BERT directory or a bertjax workdir (its latest checkpoint)."""
+  if os.path.isfile(os.path.join(path, 'model.safetensors')) or os.path.isfile(
+      os.path.join(path, 'pytorch_model.bin')):
+    return _from_hf_dir(path)
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return _from_workdir(path)
+  raise UserError(f'{path} is neither a Hugging Face model directory (config.json + '
+                  'model.safetensors) nor a bertjax workdir (config.json + checkpoints/)')
+
+
+def _from_hf_dir(path: str):
+  cfg, raw = hf.read_hf_config(path)
+  tensors = hf.read_safetensors(path)
+  kind = hf.checkpoint_kind(tensors, raw)
+  labels = hf.num_labels(tensors, kind)
+  module = heads.build(kind, cfg, num_labels=labels, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(module)
+  params, missing = hf_weights.from_hf(tensors, _rooted(nnx.to_pure_dict(state), kind), kind,
+                                       cfg.num_layers)
+  params = params['bert'] if kind == 'encoder' else params
+  if missing:
+    names = ', '.join('.'.join(map(str, p)) for p in missing[:5])
+    raise UserError(f'{path}: model.safetensors lacks {len(missing)} weight(s) of a '
+                    f'{hf_weights.HF_CLASSES[kind]}, e.g. {names}')
+  nnx.replace_by_pure_dict(state, params)
+  tok = hf.load_hf_tokenizer(path)
+  return (PretrainedModel(nnx.merge(graphdef, state), kind, cfg, labels),
+          PretrainedTokenizer(tok, cfg.max_position_embeddings))
+
+
+def _from_workdir(workdir: str):
+  config = config_lib.load_workdir_config(workdir)
+  tok = tokenizer_lib.load(os.path.join(workdir, 'tokenizer'))
+  cfg = BertConfig.from_dict({**config.model.to_dict(), 'vocab_size': tok.vocab_size})
+  module = heads.BertForPreTraining(cfg, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(module)
+  _, params = checkpoint.restore_params(workdir, nnx.to_pure_dict(state))
+  nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, params))
+  return (PretrainedModel(nnx.merge(graphdef, state), 'pretraining', cfg),
+          PretrainedTokenizer(tok, cfg.max_position_embeddings))
+
+
+def save_pretrained(model: PretrainedModel, tokenizer: PretrainedTokenizer, out_dir: str) -> str:
+  """Writes a directory `transformers` loads with the class matching the model's head."""
+  params = _rooted(jax.tree.map(np.asarray, model.params), model.kind)
+  return hf.write_hf_dir(params, model.config, model.kind, tokenizer.tokenizer, out_dir,
+                         num_labels=model.num_labels)
+
+
+def _rooted(params, kind: str):
+  """hf_weights names every encoder weight under 'bert'; a bare encoder has no root."""
+  return {'bert': params} if kind == 'encoder' else params
