@@ -31,11 +31,16 @@ def model_pair(implementation):
   return reference, other
 
 
-def test_splash_matches_xla_on_real_tokens():
-  reference, splash = model_pair('splash')
+@pytest.mark.parametrize('implementation', [
+    'splash',
+    pytest.param('cudnn', marks=pytest.mark.skipif(
+        jax.default_backend() != 'gpu', reason='cuDNN attention needs an NVIDIA GPU')),
+])
+def test_fused_attention_matches_xla_on_real_tokens(implementation):
+  reference, fused = model_pair(implementation)
   ids, segments = segments_and_ids()
   want, _ = reference(ids, attention_mask_BL=segments)
-  got, _ = splash(ids, attention_mask_BL=segments)
+  got, _ = fused(ids, attention_mask_BL=segments)
   real = np.asarray(segments) > 0
   np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5)
 
@@ -81,16 +86,6 @@ def test_fused_kernels_refuse_attention_dropout():
     model(ids, attention_mask_BL=segments, rngs=nnx.Rngs(dropout=0))
   with pytest.raises(ValueError, match='unknown attention implementation'):
     BertConfig(vocab_size=10, attention='flash')
-
-
-@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='cuDNN attention needs an NVIDIA GPU')
-def test_cudnn_matches_xla_on_real_tokens():
-  reference, cudnn = model_pair('cudnn')
-  ids, segments = segments_and_ids()
-  want, _ = reference(ids, attention_mask_BL=segments)
-  got, _ = cudnn(ids, attention_mask_BL=segments)
-  real = np.asarray(segments) > 0
-  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5)
 
 
 def test_xla_bias_lets_padding_queries_see_real_keys_only():
