@@ -9,6 +9,7 @@ previous checkpoint as the latest.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import grain
@@ -38,6 +39,14 @@ def save_params(workdir: str, step: int, params) -> None:
   with manager(workdir, keep=1) as mngr:
     mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
     mngr.wait_until_finished()
+
+
+def _partial_saves(mngr: ocp.CheckpointManager) -> list[str]:
+  """Step directories a crash left behind mid-save (orbax writes to a temporary name
+  and renames on completion, so these are never taken for checkpoints)."""
+  directory = str(mngr.directory)
+  return sorted(os.path.join(directory, d) for d in os.listdir(directory)
+                if '.orbax-checkpoint-tmp' in d)
 
 
 def _items(mngr: ocp.CheckpointManager, step: int) -> set[str]:
@@ -78,6 +87,9 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator, step=Non
   params-only checkpoint, a state holding just `params` (optimizer starts fresh).
   """
   step = mngr.latest_step() if step is None else step
+  for partial in _partial_saves(mngr):
+    logging.warning('skipping the partly written checkpoint %s (a save was interrupted); '
+                    'resuming from step %s', partial, step)
   if step is None:
     return None
   if 'params' in _items(mngr, step):

@@ -32,8 +32,9 @@ def _split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> lis
 
 def _train(args, overrides):
   config = _config_from_args(args.config, overrides)
-  from bertjax import train
-  train.train_and_evaluate(config, args.workdir)
+  from bertjax import distributed, train
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  train.train_and_evaluate(config, args.workdir, profile=args.profile)
 
 
 def _import(args, overrides):
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
       description='Train from an experiment file; extra --config.KEY=VALUE flags override it.')
   train.add_argument('--config', required=True, help='experiments/FILE.py[:arg]')
   train.add_argument('--workdir', required=True, help='run directory; re-running resumes it')
+  train.add_argument('--profile', action='store_true',
+                     help='write a jax.profiler trace of a few steps to WORKDIR/profile')
+  multihost = train.add_argument_group(
+      'multi-host', 'autodetected on TPU pods and SLURM; set all three to join explicitly')
+  multihost.add_argument('--coordinator_address', help='host:port of process 0')
+  multihost.add_argument('--num_processes', type=int)
+  multihost.add_argument('--process_id', type=int)
   train.set_defaults(run=_train)
 
   imp = commands.add_parser('import', help='turn a Hugging Face BERT directory into a workdir')

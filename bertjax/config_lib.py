@@ -104,8 +104,11 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   c.train.checkpoint_every = 10_000
   c.train.keep_checkpoints = 3
   c.train.eval_batches = 100
+  c.train.eval_every = 0  # steps between held-out evaluations; 0: only at the end
+  c.train.grad_accum_steps = 1  # micro-batches per step (same result, less memory)
 
   c.optim = ConfigDict()
+  c.optim.name = 'adamw'  # or 'lamb'
   c.optim.learning_rate = 1e-4
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
@@ -114,6 +117,7 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   c.optim.warmup_steps = 10_000
   c.optim.decay = 'linear'
   c.optim.clip_norm = 1.0
+  c.optim.layer_decay = 1.0  # < 1 scales layer i's rate by decay**(layers + 1 - depth)
 
   # Mesh axis sizes; -1 takes the devices left over. Logical->mesh rules: sharding.py.
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -1,16 +1,20 @@
-"""The optax chain: clip by global norm, AdamW with masked weight decay, a schedule.
+"""The optax chain: clip by global norm, AdamW or LAMB with masked weight decay, a
+learning-rate schedule, and optional layer-wise learning-rate decay.
 
 BERT's recipe: linear warm-up to the peak rate, then linear decay to 0 at the last
 step; weight decay on every weight but biases and LayerNorm parameters.
 """
 from __future__ import annotations
 
+
 import jax
+import jax.numpy as jnp
 import optax
 
 from bertjax.errors import UserError
 
 DECAYS = ('linear', 'cosine', 'constant')
+OPTIMIZERS = ('adamw', 'lamb')
 
 
 def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
@@ -29,17 +33,49 @@ def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
       [optax.linear_schedule(0.0, peak, warmup), after], boundaries=[warmup])
 
 
+def _name(key) -> str:
+  return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
+
+
 def weight_decay_mask(params):
   """True for weights that decay: not biases, not LayerNorm scales and offsets."""
-  def decays(path, _):
-    name = getattr(path[-1], 'key', getattr(path[-1], 'name', None))
-    return name not in ('bias', 'scale')
-  return jax.tree_util.tree_map_with_path(decays, params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: _name(path[-1]) not in ('bias', 'scale'), params)
 
 
-def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
+def layer_depths(params, num_layers: int):
+  """Depth of each weight for layer-wise decay: embeddings 0, layer i is i + 1, and
+  everything above the encoder (pooler, heads) num_layers + 1."""
+  def depth(path, _):
+    names = [_name(k) for k in path]
+    if 'embeddings' in names:
+      return 0
+    if 'layers' in names:
+      return int(names[names.index('layers') + 1]) + 1
+    return num_layers + 1
+  return jax.tree_util.tree_map_with_path(depth, params)
+
+
+def scale_by_layer_decay(decay: float, num_layers: int) -> optax.GradientTransformation:
+  """Multiplies each update by decay ** (num_layers + 1 - depth) (ELECTRA, BEiT)."""
+  def update(updates, state, params=None):
+    depths = layer_depths(updates, num_layers)
+    return jax.tree.map(lambda u, d: u * jnp.asarray(decay ** (num_layers + 1 - d), u.dtype),
+                        updates, depths), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def make_optimizer(optim_cfg, total_steps: int, num_layers: int) -> optax.GradientTransformation:
   schedule = learning_rate_schedule(optim_cfg, total_steps)
-  return optax.chain(
-      optax.clip_by_global_norm(optim_cfg.clip_norm),
-      optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                  weight_decay=optim_cfg.weight_decay, mask=weight_decay_mask))
+  kwargs = dict(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                weight_decay=optim_cfg.weight_decay, mask=weight_decay_mask)
+  if optim_cfg.name == 'adamw':
+    base = optax.adamw(schedule, **kwargs)
+  elif optim_cfg.name == 'lamb':
+    base = optax.lamb(schedule, **kwargs)
+  else:
+    raise UserError(f'optim.name {optim_cfg.name!r} is unknown; choose one of {OPTIMIZERS}')
+  chain = [optax.clip_by_global_norm(optim_cfg.clip_norm), base]
+  if optim_cfg.layer_decay != 1.0:
+    chain.append(scale_by_layer_decay(optim_cfg.layer_decay, num_layers))
+  return optax.chain(*chain)

@@ -8,6 +8,7 @@ knows both vocabularies.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import jax
@@ -34,18 +35,22 @@ DEFAULT_RULES = (
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
-  """Resolves the axis sizes in `mesh_cfg` (-1 takes the devices left over)."""
+  """Resolves the axis sizes in `mesh_cfg` (-1 takes the devices left over).
+
+  Explicit sizes may use fewer devices than there are (e.g. a 1-device reference run
+  on an 8-device host); `make_mesh` then takes the first ones and says so.
+  """
   sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
   fixed = math.prod(s for s in sizes if s != -1)
-  if sizes.count(-1) > 1:
-    raise UserError('at most one mesh axis may be -1 (fill the rest); got '
-                    f'{dict(zip(MESH_AXES, sizes))}')
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise UserError('mesh axes are positive sizes, at most one of them -1 (fill the rest); '
+                    f'got {dict(zip(MESH_AXES, sizes))}')
   if -1 in sizes:
     if num_devices % fixed:
       raise UserError(f'{num_devices} devices do not divide by the fixed mesh axes '
                       f'{dict(zip(MESH_AXES, sizes))}')
     sizes[sizes.index(-1)] = num_devices // fixed
-  if math.prod(sizes) != num_devices:
+  if math.prod(sizes) > num_devices:
     raise UserError(f'mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, '
                     f'but {num_devices} are available; set --config.mesh.data=-1')
   return tuple(sizes)
@@ -53,7 +58,10 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
 
 def make_mesh(mesh_cfg) -> jax.sharding.Mesh:
   shape = mesh_shape(mesh_cfg, jax.device_count())
-  return jax.make_mesh(shape, MESH_AXES,
+  if math.prod(shape) < jax.device_count():
+    logging.warning('mesh %s uses %d of the %d devices', dict(zip(MESH_AXES, shape)),
+                    math.prod(shape), jax.device_count())
+  return jax.make_mesh(shape, MESH_AXES, devices=jax.devices()[:math.prod(shape)],
                        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 

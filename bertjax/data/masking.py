@@ -1,31 +1,53 @@
 """Masked-LM target selection with static shapes.
 
-`mask` picks `num_to_predict = min(max_predictions, max(1, round(n * rate)))` of the
-n maskable (non-special) tokens of each row; of those, 80% become [MASK], 10% a
-random token and 10% stay. Outputs are padded to max_predictions with weight 0, so
-the MLM head gathers exactly (B, P) positions under jit.
+Every kind picks `num_to_predict = min(max_predictions, max(1, round(n * rate)))` of
+the n maskable (non-special) tokens of each row, counted in tokens:
+
+- token: a uniformly random subset of tokens (BERT).
+- whole_word: shuffled words, each added whole while it fits the budget and skipped
+  when it would overflow it (BERT's create_pretraining_data.py, do_whole_word_mask).
+- span: spans of l ~ Geometric(span_p) words, truncated to 1..max_span and
+  renormalised as SpanBERT's code does (mean 3.8 words for p=0.2), from uniformly
+  random word starts (SpanBERT, pretraining/fairseq/data/masking.py).
+- ngram: every word anchors one n-gram in random order, n <= max_ngram words with
+  p(n) ∝ 1/n (ALBERT's create_pretraining_data.py).
+
+Of the chosen tokens 80% become [MASK], 10% a random token and 10% stay, drawn per
+token, except for span, where SpanBERT draws once per (merged) span. Outputs are
+padded to max_predictions with weight 0, so the MLM head gathers exactly (B, P)
+positions under jit.
+
+Departures from the published code, so that the rules hold for every row: words
+and their spans / n-grams never contain or cross a special token (BERT and ALBERT
+skip [SEP] but let a word or n-gram run across it); the budget counts no special
+token (theirs counts [CLS] and [SEP]); only whole words are chosen (SpanBERT cuts
+its last span mid-word at the budget; here it ends at the last word that fits).
 """
 from __future__ import annotations
+
+import bisect
+import functools
 
 import numpy as np
 
 from bertjax.errors import UserError
 
-KINDS = ('token',)
+KINDS = ('token', 'whole_word', 'span', 'ngram')
 
 
 def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
          max_predictions: int, rng: np.random.Generator, vocab_size: int, mask_id: int,
-         random_ids=None):
+         random_ids=None, span_p: float = 0.2, max_span: int = 10, max_ngram: int = 3):
   """Masks a batch; returns dict(input_ids BL, positions BP, targets BP, weights BP).
 
   `word_start_BL` marks the first piece of each word (used by word-level kinds);
   `special_BL` marks tokens never chosen ([CLS], [SEP], [PAD]). `random_ids` are
   the ids drawn for the 10% random replacements (default: all of the vocabulary).
+  kind='span' adds span_left, span_right (the unmasked boundary positions around
+  each target's span, for SpanBERT's span-boundary objective) and span_offset (the
+  target's 0-based place in its span), all (B, P) int32 and 0 on padding.
   """
-  del word_start_BL  # token-level masking ignores word boundaries.
-  if kind not in KINDS:
-    raise UserError(f'masking kind {kind!r} is not available; choose one of {KINDS}')
+  _check_options(kind, rate, span_p, max_span, max_ngram)
   ids_BL = np.asarray(ids_BL)
   batch, length = ids_BL.shape
   p = max_predictions
@@ -33,19 +55,28 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
     raise UserError(f'max_predictions {p} exceeds the sequence length {length}')
   candidate_BL = ~np.asarray(special_BL, bool)
   n_B = candidate_BL.sum(1)
-  k_B = np.where(n_B > 0, np.minimum(p, np.maximum(1, np.rint(n_B * rate))), 0)
+  k_B = np.where(n_B > 0, np.minimum(p, np.maximum(1, np.rint(n_B * rate))), 0).astype(np.int64)
 
-  # A uniformly random subset of size k: the k candidates with the smallest scores.
-  scores_BL = np.where(candidate_BL, rng.random((batch, length)), 2.0)
-  order_BP = np.argsort(scores_BL, axis=1, kind='stable')[:, :p]
-  chosen_BP = np.arange(p)[None, :] < k_B[:, None]
-  positions_BP = np.sort(np.where(chosen_BP, order_BP, length), axis=1)
-  chosen_BP = positions_BP < length  # sorting moved the chosen ones to the front
+  if kind == 'token':
+    chosen_BL = _choose_tokens(candidate_BL, k_B, p, rng)
+  else:
+    words = _Words(candidate_BL, np.asarray(word_start_BL, bool))
+    covered_BW = _choose_words(kind, words, k_B, rng, span_p, max_span, max_ngram)
+    chosen_BL = candidate_BL & np.take_along_axis(covered_BW, words.index_BL, 1)
+
+  # The chosen positions, ascending, first; at most k <= p of them per row.
+  positions_BP = np.sort(np.where(chosen_BL, np.arange(length), length), axis=1)[:, :p]
+  chosen_BP = positions_BP < length
   positions_BP = np.where(chosen_BP, positions_BP, 0).astype(np.int32)
-
   rows_BP = np.arange(batch)[:, None]
   targets_BP = np.where(chosen_BP, ids_BL[rows_BP, positions_BP], 0).astype(np.int32)
-  decision_BP = rng.random((batch, p))
+  if kind == 'span':
+    first_BL, last_BL = _runs(chosen_BL)
+    first_BP, last_BP = first_BL[rows_BP, positions_BP], last_BL[rows_BP, positions_BP]
+    # One draw per span, read by all of its tokens through the span's first position.
+    decision_BP = rng.random((batch, length))[rows_BP, first_BP]
+  else:
+    decision_BP = rng.random((batch, p))
   if random_ids is None:
     random_ids = np.arange(vocab_size)
   random_BP = rng.choice(np.asarray(random_ids), size=(batch, p))
@@ -54,5 +85,174 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
   input_ids_BL = ids_BL.copy()
   r, c = np.nonzero(chosen_BP)
   input_ids_BL[r, positions_BP[r, c]] = replacement_BP[r, c]
-  return dict(input_ids=input_ids_BL.astype(np.int32), positions=positions_BP,
-              targets=targets_BP, weights=chosen_BP.astype(np.float32))
+  out = dict(input_ids=input_ids_BL.astype(np.int32), positions=positions_BP,
+             targets=targets_BP, weights=chosen_BP.astype(np.float32))
+  if kind == 'span':
+    # Boundaries are clipped into the row; only a row without [CLS]/[SEP]/[PAD]
+    # around its text reaches the clip.
+    out.update(
+        span_left=np.where(chosen_BP, np.maximum(first_BP - 1, 0), 0).astype(np.int32),
+        span_right=np.where(chosen_BP, np.minimum(last_BP + 1, length - 1), 0).astype(np.int32),
+        span_offset=np.where(chosen_BP, positions_BP - first_BP, 0).astype(np.int32))
+  return out
+
+
+def _check_options(kind, rate, span_p, max_span, max_ngram):
+  if kind not in KINDS:
+    raise UserError(f'masking kind {kind!r} is not available; choose one of {KINDS}')
+  if not 0 <= rate <= 1:
+    raise UserError(f'masking rate {rate} must lie in [0, 1]')
+  if not 0 < span_p <= 1:
+    raise UserError(f'masking span_p {span_p} must lie in (0, 1]')
+  for name, value in (('max_span', max_span), ('max_ngram', max_ngram)):
+    if not isinstance(value, (int, np.integer)) or value < 1:
+      raise UserError(f'masking {name} {value!r} must be a positive integer')
+
+
+def _choose_tokens(candidate_BL, k_B, p, rng):
+  """A uniformly random subset of size k: the k candidates with the smallest scores."""
+  batch, length = candidate_BL.shape
+  scores_BL = np.where(candidate_BL, rng.random((batch, length)), 2.0)
+  order_BP = np.argsort(scores_BL, axis=1, kind='stable')[:, :p]
+  r, c = np.nonzero(np.arange(p)[None, :] < k_B[:, None])
+  chosen_BL = np.zeros_like(candidate_BL)
+  chosen_BL[r, order_BP[r, c]] = True
+  return chosen_BL
+
+
+class _Words:
+  """Each row's words: a word-start piece and the non-start pieces after it.
+
+  A non-start piece right after a special token (or at the row's start) begins a
+  word of its own, so no word contains or crosses [SEP]. Per-word arrays are
+  (B, W + 1); column W is where special tokens point, never a real word.
+  """
+
+  def __init__(self, candidate_BL, word_start_BL):
+    batch = len(candidate_BL)
+    after_special_BL = np.ones_like(candidate_BL)
+    after_special_BL[:, 1:] = ~candidate_BL[:, :-1]
+    start_BL = candidate_BL & (word_start_BL | after_special_BL)
+    self.n_B = start_BL.sum(1)
+    self.width = width = int(self.n_B.max(initial=0))
+    self.index_BL = np.where(candidate_BL, np.cumsum(start_BL, 1) - 1, width)
+    flat = (np.arange(batch)[:, None] * (width + 1) + self.index_BL).ravel()
+    self.size_BW = np.bincount(flat, minlength=batch * (width + 1)).reshape(batch, width + 1)
+    first_BW = np.full((batch, width + 1), -1)
+    r, c = np.nonzero(start_BL)
+    first_BW[r, self.index_BL[r, c]] = c
+    # A segment's last word: no next word, or a special token before the next one.
+    last_BW = np.ones((batch, width + 1), bool)
+    last_BW[:, :width] = ((first_BW[:, 1:] != first_BW[:, :-1] + self.size_BW[:, :-1])
+                          | (np.arange(1, width + 1) >= self.n_B[:, None]))
+    # left_BW[:, w]: words from w to the end of its segment, w included.
+    w_W = np.arange(width + 1)
+    end_BW = np.minimum.accumulate(np.where(last_BW, w_W, width)[:, ::-1], axis=1)[:, ::-1]
+    self.left_BW = end_BW - w_W + 1
+
+
+def _choose_words(kind, words, k_B, rng, span_p, max_span, max_ngram):
+  """Runs the kind's published selection loop over each row's words in random order.
+
+  The loops are sequential by nature (each choice shrinks the budget and covers
+  words), so they run per row in plain Python on a few dozen words; the random
+  draws for all rows are made up front.
+  """
+  batch, width = len(k_B), max(words.width, 1)
+  real_BW = np.arange(words.width) < words.n_B[:, None]
+  order_BW = np.argsort(np.where(real_BW, rng.random((batch, words.width)), 2.0), axis=1)
+  if kind == 'span':
+    lengths_S = np.arange(1, max_span + 1)
+    prob_S = span_p * (1 - span_p) ** (lengths_S - 1)
+    draw_BW = rng.choice(lengths_S, size=(batch, width), p=prob_S / prob_S.sum())
+    select = _select_spans
+  elif kind == 'ngram':
+    draw_BW = rng.random((batch, width))
+    weight_N = 1.0 / np.arange(1, max_ngram + 1)
+    # cdfs[m - 1]: p(n) ∝ 1/n over n = 1..m, without its final 1.0, for bisect.
+    cdfs = [(np.cumsum(weight_N[:m]) / weight_N[:m].sum())[:-1].tolist()
+            for m in range(1, max_ngram + 1)]
+    select = functools.partial(_select_ngrams, cdfs=cdfs)
+  else:
+    draw_BW, select = np.zeros((batch, 0)), _select_whole_words
+  covered_BW = np.zeros((batch, words.width + 1), bool)
+  rows = zip(order_BW.tolist(), draw_BW.tolist(), words.size_BW.tolist(),
+             words.left_BW.tolist(), words.n_B.tolist(), k_B.tolist())
+  for b, (order, draws, size, left, n, k) in enumerate(rows):
+    covered_BW[b, :n] = select(order[:n], draws[:n], size[:n], left[:n], k)
+  return covered_BW
+
+
+def _select_whole_words(order, draws, size, left, budget):
+  """BERT: each word taken whole if it fits what is left of the budget, else skipped
+  (a later, shorter word may still fit), so a row can end a few tokens short."""
+  del draws, left  # words are drawn independently of each other
+  chosen = [False] * len(size)
+  for w in order:
+    if budget == 0:
+      break
+    if size[w] > budget:
+      break
+    if True:
+      chosen[w], budget = True, budget - size[w]
+  return chosen
+
+
+def _select_spans(order, lengths, size, left, budget):
+  """SpanBERT: from each anchor word, up to `length` words.
+
+  Anchors are uniform over word starts, as the paper says (SpanBERT's code draws a
+  uniform token and moves to its word's start, favouring long words); a chosen
+  anchor is passed over, as SpanBERT redraws it. A span ends early at a special
+  token, at an already chosen word (SpanBERT runs over it; spans here never
+  overlap) or at the last whole word that fits the budget; an anchor word that does
+  not fit is skipped. Spans that touch become one, as SpanBERT's merge_intervals
+  makes them, so boundary tokens are never masked.
+  """
+  chosen = [False] * len(size)
+  for anchor, length in zip(order, lengths):
+    if budget == 0:
+      break
+    w, end = anchor, anchor + min(length, left[anchor])
+    while w < end and not chosen[w] and size[w] <= budget:
+      chosen[w], budget = True, budget - size[w]
+      w += 1
+  return chosen
+
+
+def _select_ngrams(order, uniforms, size, left, budget, cdfs):
+  """ALBERT: every word anchors one n-gram.
+
+  n is drawn with p(n) ∝ 1/n over the lengths that stay inside the anchor's
+  segment (ALBERT renormalises over the n-grams that exist), shortened while it
+  would overflow the budget, and skipped when even one word overflows it or when
+  any of its words is already chosen. ALBERT draws 80/10/10 per token.
+  """
+  chosen = [False] * len(size)
+  for anchor, u in zip(order, uniforms):
+    if budget == 0:
+      break
+    n = bisect.bisect_right(cdfs[min(left[anchor], len(cdfs)) - 1], u) + 1
+    tokens = sum(size[anchor:anchor + n])
+    while n and tokens > budget:
+      n -= 1
+      tokens -= size[anchor + n]
+    if n and not any(chosen[anchor:anchor + n]):
+      chosen[anchor:anchor + n] = [True] * n
+      budget -= tokens
+  return chosen
+
+
+def _runs(chosen_BL):
+  """First and last position of the run of consecutive chosen tokens around each
+  position (meaningful where chosen)."""
+  length = chosen_BL.shape[1]
+  pos_L = np.arange(length)
+  before_BL = np.zeros_like(chosen_BL)
+  before_BL[:, 1:] = chosen_BL[:, :-1]
+  after_BL = np.zeros_like(chosen_BL)
+  after_BL[:, :-1] = chosen_BL[:, 1:]
+  first_BL = np.maximum.accumulate(np.where(chosen_BL & ~before_BL, pos_L, 0), axis=1)
+  last_BL = np.minimum.accumulate(
+      np.where(chosen_BL & ~after_BL, pos_L, length)[:, ::-1], axis=1)[:, ::-1]
+  return first_BL, last_BL

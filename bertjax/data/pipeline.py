@@ -71,26 +71,43 @@ def _make_instances(documents, tok, data_cfg, seed: int):
                               sep_id=tok.sep_id, pad_id=tok.pad_id)
 
 
-class MaskBatch(grain.transforms.RandomMap):
-  """Gathers a batch of instances by index and masks it."""
+class ProcessRows(grain.transforms.MapWithIndex):
+  """Global batch of instance indices -> this process's rows, gathered and masked.
 
-  def __init__(self, table, tok, masking_cfg):
-    self.table, self.tok, self.cfg = table, tok, masking_cfg
-    self.random_ids = np.flatnonzero(~tok.special_V)
+  Each row's mask comes from its own RNG, seeded by (seed, global batch, row), so the
+  global batch is the same whether 1 or 64 processes assemble it, and a resumed run
+  draws the same masks.
+  """
 
-  def random_map(self, indices, rng: np.random.Generator):
-    batch = {k: v[indices] for k, v in self.table.items()}
-    return apply_masking(batch, self.tok, self.cfg, rng, self.random_ids)
+  def __init__(self, table, tok, masking_cfg, *, seed: int, local_batch: int):
+    self.table, self.tok, self.cfg, self.seed = table, tok, masking_cfg, seed
+    self.first_row = jax.process_index() * local_batch
+    self.local_batch = local_batch
+
+  def map_with_index(self, batch_index: int, indices):
+    rows = np.arange(self.first_row, self.first_row + self.local_batch)
+    batch = {k: v[indices[rows]] for k, v in self.table.items()}
+    rngs = [np.random.default_rng((self.seed, batch_index, r)) for r in rows]
+    return mask_rows(batch, self.tok, self.cfg, rngs)
 
 
-def apply_masking(batch, tok, masking_cfg, rng, random_ids):
-  ids = batch['input_ids']
-  masked = masking.mask(ids, tok.word_start_V[ids], tok.special_V[ids],
-                        kind=masking_cfg.kind, rate=masking_cfg.rate,
-                        max_predictions=masking_cfg.max_predictions, rng=rng,
-                        vocab_size=tok.vocab_size, mask_id=tok.mask_id, random_ids=random_ids)
-  return dict(batch, input_ids=masked['input_ids'], mlm_positions=masked['positions'],
-              mlm_targets=masked['targets'], mlm_weights=masked['weights'])
+def mask_rows(batch, tok, masking_cfg, rngs):
+  """Masks each row with its own RNG; adds mlm_positions/targets/weights."""
+  random_ids = np.flatnonzero(~tok.special_V)  # what the 10% random replacements draw
+  out = {k: [] for k in ('input_ids', 'positions', 'targets', 'weights')}
+  for i, rng in enumerate(rngs):
+    ids = batch['input_ids'][i:i + 1]
+    masked = masking.mask(ids, tok.word_start_V[ids], tok.special_V[ids],
+                          kind=masking_cfg.kind, rate=masking_cfg.rate,
+                          max_predictions=masking_cfg.max_predictions, rng=rng,
+                          vocab_size=tok.vocab_size, mask_id=tok.mask_id,
+                          random_ids=random_ids)
+    for k in out:
+      out[k].append(masked[k])
+  return dict(batch, input_ids=np.concatenate(out['input_ids']),
+              mlm_positions=np.concatenate(out['positions']),
+              mlm_targets=np.concatenate(out['targets']),
+              mlm_weights=np.concatenate(out['weights']))
 
 
 def build(config, workdir: str) -> PretrainData:
@@ -112,24 +129,25 @@ def build(config, workdir: str) -> PretrainData:
     raise UserError(f'the corpus yields {num_train} training sequences, fewer than one '
                     f'batch of {batch_size}; lower --config.train.batch_size or add text')
 
-  random_ids = np.flatnonzero(~tok.special_V)
   train = (grain.MapDataset.range(num_train)
-           .slice(slice(jax.process_index(), None, jax.process_count()))
            .shuffle(seed=config.seed)
            .repeat(None)
-           .batch(local_batch, drop_remainder=True)
-           .random_map(MaskBatch(train_table, tok, data_cfg.masking), seed=config.seed))
+           .batch(batch_size, drop_remainder=True)
+           .map_with_index(ProcessRows(train_table, tok, data_cfg.masking, seed=config.seed,
+                                       local_batch=local_batch)))
 
-  eval_rng = np.random.default_rng(config.seed)  # one fixed mask: comparable evals
-  eval_batches = []
+  # One fixed mask (own seed per row) for every evaluation, so evals compare.
   n_eval = len(eval_table['nsp_labels'])
-  for start in range(0, n_eval - local_batch + 1, local_batch)[:config.train.eval_batches]:
-    rows = np.arange(start, start + local_batch)
-    batch = {k: v[rows] for k, v in eval_table.items()}
-    eval_batches.append(apply_masking(batch, tok, data_cfg.masking, eval_rng, random_ids))
-  if not eval_batches:
+  num_eval_batches = min(n_eval // batch_size, config.train.eval_batches)
+  if not num_eval_batches:
     raise UserError(f'the held-out split has {n_eval} sequences, fewer than one batch of '
-                    f'{local_batch}; raise --config.data.eval_fraction or add text')
+                    f'{batch_size}; raise --config.data.eval_fraction or add text')
+  eval_batches = []
+  for b in range(num_eval_batches):
+    rows = b * batch_size + jax.process_index() * local_batch + np.arange(local_batch)
+    batch = {k: v[rows] for k, v in eval_table.items()}
+    rngs = [np.random.default_rng((config.seed + 1, r)) for r in rows]
+    eval_batches.append(mask_rows(batch, tok, data_cfg.masking, rngs))
 
   counts = collections.Counter(train_table['input_ids'][train_table['attention_mask'] > 0])
   most_frequent = next(t for t, _ in counts.most_common() if not tok.special_V[t])

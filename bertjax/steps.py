@@ -1,0 +1,118 @@
+"""The jitted pieces of pre-training: state init, train step, eval step, shardings.
+
+`build(config, model_cfg, mesh, rules)` returns them as one `Steps`; train.py runs the
+loop, tests and benchmarks call the same functions. Params are sharded by their
+logical axis names, optimizer moments like their params, scalars replicated; the
+train step donates the old state (in-place update on device).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from bertjax import optim, sharding
+from bertjax.errors import UserError
+from bertjax.tasks import pretrain
+
+
+@dataclasses.dataclass
+class Steps:
+  init: Callable[[Any], Any]              # key -> state
+  init_from_params: Callable[[Any], Any]  # params -> state with a fresh optimizer
+  train_step: Callable[[Any, Any], Any]   # (state, batch) -> (state, metrics)
+  eval_step: Callable[[Any, Any], Any]    # (params, batch) -> sums
+  abstract_state: Any                     # ShapeDtypeStructs carrying their shardings
+  state_sharding: Any
+  batch_sharding: jax.sharding.NamedSharding
+
+
+def build(config, model_cfg, mesh, rules) -> Steps:
+  total_steps = config.train.steps
+  optimizer = optim.make_optimizer(config.optim, total_steps, model_cfg.num_layers)
+  schedule = optim.learning_rate_schedule(config.optim, total_steps)
+  base_key = jax.random.key(config.seed)
+  accum = config.train.grad_accum_steps
+  batch_shards = sharding.num_batch_shards(mesh, rules)
+  if config.train.batch_size % (batch_shards * accum):
+    raise UserError(f'train.batch_size {config.train.batch_size} must split into '
+                    f'{accum} micro-batch(es) over the {batch_shards} batch shards of mesh '
+                    f'{dict(mesh.shape)}; use a multiple of {batch_shards * accum}')
+
+  def init_from_params(params):
+    return dict(step=jnp.zeros((), jnp.int32), params=params,
+                opt_state=optimizer.init(params))
+
+  def init(key):
+    return init_from_params(nnx.to_pure_dict(nnx.state(pretrain.build_model(model_cfg, key))))
+
+  with sharding.activate(mesh, rules):
+    abstract_model = nnx.eval_shape(lambda: pretrain.build_model(model_cfg, base_key))
+    params_sharding = nnx.to_pure_dict(
+        sharding.param_shardings(nnx.state(abstract_model), mesh, rules))
+    abstract_state = jax.eval_shape(init, base_key)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state_sharding = dict(
+        step=replicated, params=params_sharding,
+        opt_state=optax.tree_map_params(optimizer, lambda _, s: s,
+                                        abstract_state['opt_state'], params_sharding,
+                                        transform_non_params=lambda _: replicated))
+  graphdef = nnx.graphdef(abstract_model)
+  batch_sharding = sharding.batch_sharding(mesh, rules)
+
+  def train_step(state, batch):
+    # Dropout derives from (seed, step): a resumed run draws the same masks.
+    dropout_key = jax.random.fold_in(base_key, state['step'])
+    mlm_count, nsp_count = batch['mlm_weights'].sum(), batch['nsp_labels'].shape[0]
+
+    def micro_grads(params, micro_batch, micro_index):
+      def loss_fn(p):
+        rngs = nnx.Rngs(dropout=jax.random.fold_in(dropout_key, micro_index))
+        sums = pretrain.batch_sums(nnx.merge(graphdef, p), micro_batch, rngs)
+        return pretrain.loss_from_sums(sums, mlm_count, nsp_count), sums
+      return jax.grad(loss_fn, has_aux=True)(params)
+
+    if accum == 1:
+      grads, sums = micro_grads(state['params'], batch, 0)
+    else:
+      # Scan over micro-batches, summing gradients of each one's share of the loss:
+      # equal (to float rounding) to one step on the whole batch, in 1/accum memory.
+      micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
+
+      def body(carry, xs):
+        grads, sums = micro_grads(state['params'], *xs)
+        return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+      zeros = jax.eval_shape(micro_grads, state['params'],
+                             jax.tree.map(lambda x: x[0], micro), 0)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+      (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+
+    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = pretrain.metrics_from_sums(sums)
+    metrics.update(tokens=sums['tokens'], learning_rate=schedule(state['step']),
+                   grad_norm=optax.tree.norm(grads))
+    return dict(step=state['step'] + 1, params=params, opt_state=opt_state), metrics
+
+  def eval_step(params, batch):
+    return pretrain.batch_sums(nnx.merge(graphdef, params), batch)
+
+  with sharding.activate(mesh, rules):
+    abstract_with_sharding = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_state, state_sharding)
+    return Steps(
+        init=jax.jit(init, out_shardings=state_sharding),
+        init_from_params=jax.jit(init_from_params, in_shardings=(params_sharding,),
+                                 out_shardings=state_sharding),
+        train_step=jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+                           out_shardings=(state_sharding, replicated), donate_argnums=0),
+        eval_step=jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding),
+                          out_shardings=replicated),
+        abstract_state=abstract_with_sharding, state_sharding=state_sharding,
+        batch_sharding=batch_sharding)
