@@ -124,6 +124,46 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   return c
 
 
+def bert_recipe(model: str, arg: str | None) -> ConfigDict:
+  """BERT's two-phase pre-training recipe (Devlin et al. 2019, DESIGN.md facts).
+
+  `arg` keys: `phase` (1: 90% of the steps at length 128; 2: the last 10% at 512,
+  starting from phase 1's workdir given as `init`), `masking` (token, whole_word,
+  span, ngram), `local` (a tiny model on the embedded corpus, seconds on a CPU).
+  """
+  a = parse_arg(arg, local=False, phase=1, masking='token', init='')
+  if a.phase not in (1, 2):
+    raise UserError(f'phase must be 1 or 2, got {a.phase!r}')
+  c = pretrain_defaults(model=model)
+  c.data.masking.kind = a.masking
+  # No corpus is implied: point data.corpus at your text (documents separated by
+  # blank lines), e.g. --config.data.corpus='/data/wiki/*.txt'.
+  c.data.corpus = ''
+  c.data.tokenizer.vocab_size = 30522
+  total = 1_000_000
+  if a.phase == 1:
+    c.train.steps = total * 9 // 10
+  else:
+    if not a.init:
+      raise UserError('phase 2 continues from phase 1: pass :phase=2,init=PHASE1_WORKDIR')
+    c.init = a.init
+    c.train.steps = total // 10
+    c.data.seq_len, c.data.masking.max_predictions = 512, 80
+    c.optim.warmup_steps = c.train.steps // 10
+  if a.local:
+    c.model = model_preset('tiny')
+    c.data.corpus = 'embedded'
+    c.data.embedded_documents = 400
+    c.data.tokenizer.vocab_size = 512
+    c.data.tokenizer.model_type = 'bpe'
+    c.data.seq_len = 64 if a.phase == 1 else 128
+    c.data.masking.max_predictions = 10 if a.phase == 1 else 20
+    c.train.steps, c.train.batch_size, c.train.log_every = 4, 8, 2
+    c.train.checkpoint_every, c.train.eval_batches = 4, 2
+    c.optim.warmup_steps = 2
+  return c
+
+
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
   """Parses a big_vision style `:arg` string, e.g. 'local' or 'local,steps=10'.
 

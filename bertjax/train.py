@@ -14,8 +14,9 @@ import grain
 import jax
 import numpy as np
 
-from bertjax import checkpoint, config_lib, flops, preemption, reporting, sharding, steps
-from bertjax.data import pipeline
+from bertjax import (checkpoint, config_lib, flops, hf, hf_weights, preemption, reporting,
+                     sharding, steps)
+from bertjax.data import pipeline, tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.models.bert import BertConfig
 from bertjax.tasks import pretrain
@@ -58,6 +59,50 @@ def check_and_write_config(config, workdir: str) -> None:
     os.replace(tmp, path)
 
 
+_ARCHITECTURE = ('num_layers', 'hidden_size', 'num_heads', 'intermediate_size',
+                 'max_position_embeddings', 'type_vocab_size', 'layer_norm_eps')
+
+
+def adopt_architecture(config) -> None:
+  """Weights fix the architecture: take it from `config.init` (dropout, dtype and
+  attention implementation stay the experiment's)."""
+  if os.path.isdir(os.path.join(config.init, 'checkpoints')):
+    source = config_lib.load_workdir_config(config.init).model
+  else:
+    source = config_lib.model_from_bert_config(hf.read_hf_config(config.init)[0])
+  for key in _ARCHITECTURE:
+    config.model[key] = source[key]
+
+
+def adopt_tokenizer(init: str, workdir: str) -> None:
+  """A run that starts from other weights must use their tokenizer: copy it over."""
+  dest = os.path.join(workdir, 'tokenizer')
+  if tokenizer_lib.find(dest) is not None or jax.process_index() != 0:
+    return
+  if os.path.isdir(os.path.join(init, 'checkpoints')):
+    tokenizer_lib.save(tokenizer_lib.load(os.path.join(init, 'tokenizer')), dest)
+  elif os.path.isdir(init):
+    tokenizer_lib.save(hf.load_hf_tokenizer(init), dest)
+  else:
+    raise UserError(f'init={init!r} is neither a bertjax workdir nor a Hugging Face '
+                    'directory; point --config.init at one')
+
+
+def initial_params(init: str, fns: steps.Steps):
+  """Params to start from: a bertjax workdir's latest checkpoint (e.g. phase 1 for
+  phase 2) or a Hugging Face directory's weights (missing heads initialised)."""
+  abstract = fns.abstract_state['params']
+  if os.path.isdir(os.path.join(init, 'checkpoints')):
+    _, params = checkpoint.restore_params(init, abstract)
+    return params
+  cfg, raw = hf.read_hf_config(init)
+  tensors = hf.read_safetensors(init)
+  fresh = jax.device_get(fns.init(jax.random.key(0))['params'])
+  params, _ = hf_weights.into_pretraining(tensors, fresh, hf.checkpoint_kind(tensors, raw),
+                                         cfg.num_layers)
+  return params
+
+
 def model_config(config, vocab_size: int) -> BertConfig:
   return BertConfig.from_dict({**config.model.to_dict(), 'vocab_size': vocab_size})
 
@@ -69,7 +114,11 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
   returns early; re-running the same command resumes exactly there.
   """
   os.makedirs(workdir, exist_ok=True)
+  if config.init:
+    adopt_architecture(config)
   check_and_write_config(config, workdir)
+  if config.init:
+    adopt_tokenizer(config.init, workdir)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
   data = pipeline.build(config, workdir)
@@ -84,7 +133,10 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)))
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   state = checkpoint.restore(mngr, fns.abstract_state, train_iter)
-  if state is None:
+  if state is None and config.init:
+    state, start = fns.init_from_params(initial_params(config.init, fns)), 0
+    reporting.log(f'starting from the weights of {config.init}')
+  elif state is None:
     state, start = fns.init(jax.random.key(config.seed)), 0
   elif 'step' not in state:  # imported weights: fresh optimizer, step 0
     state, start = fns.init_from_params(state['params']), 0

@@ -231,6 +231,19 @@ def test_span_boundaries_and_offsets_on_hand_made_rows():
   assert out['span_left'].tolist() == [[0, 0]] and out['span_right'].tolist() == [[1, 1]]
 
 
+@pytest.mark.parametrize('kind', WORD_KINDS)
+def test_a_word_over_the_budget_is_skipped_not_an_end(kind):
+  """[CLS] (a ##b ##c) d e f [SEP] with a budget of 2: the 3-piece word never fits,
+  and drawing it first must not stop the search (BERT, ALBERT and SpanBERT go on)."""
+  ids = np.array([[2, 10, 11, 12, 13, 14, 15, 3]])
+  starts = np.array([[0, 1, 0, 0, 1, 1, 1, 0]], bool)
+  for seed in range(40):
+    out = masking.mask(ids, starts, np.isin(ids, [2, 3]), kind=kind, rate=1 / 3,
+                       max_predictions=4, rng=np.random.default_rng(seed), vocab_size=20,
+                       mask_id=4)
+    assert out['weights'].sum() == 2 and set(out['positions'][0, :2].tolist()) <= {4, 5, 6}
+
+
 @pytest.mark.parametrize('kind', ['span', 'ngram'])
 def test_spans_and_ngrams_stop_at_special_tokens(kind):
   """[CLS] w [SEP] w [SEP] ...: every segment is one word, so chosen words must be as
@@ -300,3 +313,21 @@ def test_rejects_unknown_kind_and_bad_options():
                      (dict(max_predictions=5), 'max_predictions')]:
     with pytest.raises(UserError, match=match):
       call(**bad)
+
+
+def test_row_generators_mask_a_row_the_same_in_any_batch():
+  """The pipeline's per-row RNGs make a row's mask independent of its batch-mates."""
+  from bertjax.data.pipeline import row_generator
+  rng = np.random.default_rng(5)
+  ids = rng.integers(5, 200, (6, 48))
+  ids[:, 0], ids[:, -1] = 2, 3
+  special = (ids == 2) | (ids == 3)
+  word_start = rng.random(ids.shape) < 0.6
+  for kind in masking.KINDS:
+    kwargs = dict(kind=kind, rate=0.15, max_predictions=8, vocab_size=200, mask_id=4)
+    whole = masking.mask(ids, word_start, special, **kwargs, rng=masking.RowGenerators(
+        [row_generator(0, 7, r) for r in range(6)]))
+    alone = masking.mask(ids[4:5], word_start[4:5], special[4:5], **kwargs,
+                         rng=masking.RowGenerators([row_generator(0, 7, 4)]))
+    for key in ('input_ids', 'positions', 'targets', 'weights'):
+      np.testing.assert_array_equal(whole[key][4:5], alone[key], err_msg=f'{kind} {key}')

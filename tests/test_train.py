@@ -78,3 +78,23 @@ def test_resuming_with_another_model_is_refused(finished_run):
   workdir, _ = finished_run
   with pytest.raises(UserError, match='was trained with model='):
     train.train_and_evaluate(local_config(**{'model.num_layers': 3}), workdir)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'nan')
+  config = local_config(**{'optim.learning_rate': 1e30, 'optim.clip_norm': 1e30,
+                           'optim.warmup_steps': 0, 'train.checkpoint_every': 5,
+                           'train.log_every': 5})
+  with pytest.raises(UserError, match=r'the loss became (nan|inf|-inf) by step \d+; the last good'):
+    train.train_and_evaluate(config, workdir)
+
+
+def test_periodic_eval_and_profile(tmp_path):
+  workdir = str(tmp_path / 'watched')
+  train.train_and_evaluate(local_config(**{'train.eval_every': 10}), workdir, profile=True)
+  evals = [r['step'] for r in read_metrics(workdir) if 'eval_mlm_accuracy' in r]
+  assert evals == [10, 20]
+  traces = [f for _, _, files in os.walk(os.path.join(workdir, 'profile')) for f in files]
+  assert any(f.endswith('.xplane.pb') for f in traces), traces
+  record = read_metrics(workdir)[-2]
+  assert record['flops_per_sec_per_device'] > 0 and record['step_time'] > 0

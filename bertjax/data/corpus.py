@@ -8,8 +8,12 @@ within a document (name, pronoun, home town). A masked-LM must learn those facts
 and read the context to fill the blanks, and next-sentence prediction must notice
 when segment B talks about somebody else.
 
-`text_file_documents` reads local text files: documents separated by blank lines,
-one sentence per line or sentences split on terminal punctuation.
+`text_file_documents` reads local text files, a document a file, a blank-line
+separated block or a line (`doc_mode`); sentences are lines, split again after
+terminal punctuation. `load_documents` also reads `tfds:NAME[/CONFIG][:SPLIT]`, a
+tensorflow-datasets dataset prepared as array_record under TFDS_DATA_DIR (read with
+`tfds.data_source`, so no TensorFlow), and a directory written by `bertjax data
+prepare`.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import glob
 import os
 import random
 import re
+from typing import Iterator
 
 from bertjax.errors import UserError
 
@@ -101,34 +106,152 @@ def embedded_documents(num_documents: int, seed: int = 0) -> list[list[str]]:
 
 
 _SENTENCE_END = re.compile(r'(?<=[.!?])\s+')
+DOC_MODES = ('file', 'blank_line', 'line')
 
 
-def text_file_documents(pattern: str) -> list[list[str]]:
-  """Reads UTF-8 text files; blank lines separate documents."""
-  paths = sorted(glob.glob(os.path.expanduser(pattern)))
+def split_sentences(text: str) -> list[str]:
+  """The sentences of a block of text: its lines, split after terminal punctuation."""
+  return [s.strip() for line in text.splitlines() for s in _SENTENCE_END.split(line)
+          if s.strip()]
+
+
+def text_paths(pattern: str) -> list[str]:
+  paths = sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
+  if not paths and os.path.isdir(os.path.expanduser(pattern)):
+    glob_hint = os.path.join(pattern, '*.txt')
+    raise UserError(f'corpus {pattern!r} is a directory but not one `bertjax data prepare` '
+                    f'wrote; for its text files use a glob, e.g. {glob_hint!r}')
   if not paths:
-    raise UserError(f'corpus {pattern!r} matches no file; set --config.data.corpus to a '
-                    'text file or glob, or to "embedded" for the built-in corpus')
-  documents = []
-  for path in paths:
-    try:
-      with open(path, encoding='utf-8') as f:
-        text = f.read()
-    except UnicodeDecodeError as e:
-      raise UserError(f'{path} is not UTF-8 text (byte {e.start}); convert it, e.g. '
-                      f'iconv -f latin1 -t utf-8') from None
-    for block in re.split(r'\n\s*\n', text):
-      sentences = [s.strip() for line in block.splitlines()
-                   for s in _SENTENCE_END.split(line) if s.strip()]
+    raise UserError(f'corpus {pattern!r} matches no file; point the corpus (--corpus or '
+                    '--config.data.corpus) at a text file or glob, "tfds:NAME", or '
+                    '"embedded" for the built-in corpus')
+  return paths
+
+
+def read_text(path: str) -> str:
+  try:
+    with open(path, encoding='utf-8') as f:
+      return f.read()
+  except UnicodeDecodeError as e:
+    raise UserError(f'{path} is not UTF-8 text (byte {e.start}); convert it, e.g. '
+                    f'iconv -f latin1 -t utf-8') from None
+
+
+def iter_text_documents(pattern: str, doc_mode: str = 'blank_line') -> Iterator[list[str]]:
+  """Documents one at a time, in file then text order, so builders can stream them."""
+  if doc_mode not in DOC_MODES:
+    raise UserError(f'doc_mode {doc_mode!r} is not one of {DOC_MODES}')
+  for path in text_paths(pattern):
+    text = read_text(path)
+    if doc_mode == 'file':
+      blocks = [text]
+    elif doc_mode == 'blank_line':
+      blocks = re.split(r'\n\s*\n', text)
+    else:
+      blocks = text.splitlines()
+    for block in blocks:
+      sentences = split_sentences(block)
       if sentences:
-        documents.append(sentences)
+        yield sentences
+
+
+def text_file_documents(pattern: str, doc_mode: str = 'blank_line') -> list[list[str]]:
+  """Reads UTF-8 text files; `doc_mode` says what a document is (default: blank lines
+  separate documents)."""
+  documents = list(iter_text_documents(pattern, doc_mode))
   if not documents:
-    raise UserError(f'corpus {pattern!r} holds no text; point --config.data.corpus at '
-                    'non-empty UTF-8 files')
+    raise UserError(f'corpus {pattern!r} holds no text; point the corpus at non-empty '
+                    'UTF-8 files')
   return documents
 
 
-def load_documents(corpus: str, *, num_embedded: int, seed: int) -> list[list[str]]:
+def eval_indices(num_documents: int, eval_fraction: float, seed: int) -> set[int]:
+  """The documents held out for evaluation: a seeded sample, at least one when the
+  fraction is positive, so every builder of the same corpus holds out the same ones."""
+  if not 0 <= eval_fraction < 1:
+    raise UserError(f'eval_fraction {eval_fraction} must be in [0, 1)')
+  if not eval_fraction:
+    return set()
+  n_eval = max(1, int(num_documents * eval_fraction))
+  if num_documents - n_eval < 1:
+    raise UserError(f'the corpus has {num_documents} document(s); it needs at least two '
+                    'to hold one out for evaluation')
+  return set(random.Random(seed).sample(range(num_documents), n_eval))
+
+
+def _text_feature(features, name: str) -> str:
+  from tensorflow_datasets import features as tfds_features
+  texts = sorted(k for k, f in features.items() if isinstance(f, tfds_features.Text))
+  for preferred in ('text', 'content'):
+    if preferred in texts:
+      return preferred
+  if not texts:
+    raise UserError(f'tfds dataset {name} has no Text feature (it has {sorted(features)}); '
+                    'a corpus needs text')
+  return texts[0]
+
+
+def tfds_documents(spec: str) -> list[list[str]]:
+  """`NAME[/CONFIG][:SPLIT]` (default split: train) prepared as array_record under
+  TFDS_DATA_DIR, read as `tfds.data_source` reads it (builder, then
+  `as_data_source`) but never downloading: no TensorFlow, random access."""
+  import tensorflow_datasets as tfds
+  import tqdm
+  name, _, split = spec.partition(':')
+  split = split or 'train'
+  data_dir = os.environ.get('TFDS_DATA_DIR') or None
+  where = data_dir or '~/tensorflow_datasets (set TFDS_DATA_DIR to look elsewhere)'
+  how = (f'prepare it first, e.g. `tfds build {name} --data_dir DIR '
+         '--file_format=array_record` on a machine with its dependencies, then set '
+         'TFDS_DATA_DIR=DIR; or point the corpus at text files')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f'tfds dataset {name!r} is not prepared in {where}; {how}') from None
+  except Exception as e:  # tfds wraps a missing config or a builder's failure
+    detail = str(e).strip().splitlines()[0][:200]
+    raise UserError(f'tfds dataset {name!r} cannot be opened from {where} ({detail}); '
+                    f'{how}') from None
+  if not builder.is_prepared():
+    raise UserError(f'tfds dataset {name!r} is not prepared in {where}; {how}')
+  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    raise UserError(f'tfds dataset {name!r} in {builder.data_dir} is stored as '
+                    f'{builder.info.file_format.value}; tfds.data_source reads array_record '
+                    f'only: rebuild it with --file_format=array_record')
+  if split.split('[')[0] not in builder.info.splits:
+    raise UserError(f'tfds dataset {name!r} has no split {split!r}; it has '
+                    f'{sorted(builder.info.splits)}')
+  field = _text_feature(builder.info.features, name)
+  source = builder.as_data_source(split=split)
+  documents, chunk = [], 1024
+  with tqdm.tqdm(total=len(source), desc=f'reading {name}:{split}', unit='doc',
+                 disable=None) as bar:
+    for start in range(0, len(source), chunk):
+      examples = source.__getitems__(range(start, min(start + chunk, len(source))))
+      for example in examples:
+        text = example[field]
+        sentences = split_sentences(text.decode('utf-8') if isinstance(text, bytes) else text)
+        if sentences:
+          documents.append(sentences)
+      bar.update(len(examples))
+  if not documents:
+    raise UserError(f'tfds dataset {name!r} split {split!r} holds no text')
+  return documents
+
+
+def load_documents(corpus: str, *, num_embedded: int, seed: int,
+                   doc_mode: str = 'blank_line') -> list[list[str]]:
+  """The corpus named by `data.corpus`: 'embedded', 'tfds:NAME[/CONFIG][:SPLIT]', a
+  directory from `bertjax data prepare` (its documents decoded, all splits), or a
+  text-file glob read with `doc_mode`."""
+  if not corpus:
+    raise UserError('no corpus is set: pass --config.data.corpus=\'/path/*.txt\' (UTF-8 '
+                    'text, documents separated by blank lines), "tfds:NAME" or "embedded"')
   if corpus == 'embedded':
     return embedded_documents(num_embedded, seed)
-  return text_file_documents(corpus)
+  if corpus.startswith('tfds:'):
+    return tfds_documents(corpus[len('tfds:'):])
+  from bertjax.data import prepare
+  if prepare.is_prepared(corpus):
+    return prepare.decoded_documents(corpus)
+  return text_file_documents(corpus, doc_mode)

@@ -35,8 +35,27 @@ from bertjax.errors import UserError
 KINDS = ('token', 'whole_word', 'span', 'ngram')
 
 
+class RowGenerators:
+  """One generator per row, drawn from like a batch generator.
+
+  Row i's draws come from its own generator only, so a row is masked the same way
+  whichever batch, process or batch size it lands in (the pipeline seeds each with
+  the row's global position). `mask` draws only (batch, n)-shaped arrays.
+  """
+
+  def __init__(self, generators):
+    self.generators = list(generators)
+
+  def random(self, size):
+    return np.stack([g.random(size[1]) for g in self.generators])
+
+  def integers(self, low, high, size):
+    return np.stack([g.integers(low, high, size=size[1]) for g in self.generators])
+
+
 def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
-         max_predictions: int, rng: np.random.Generator, vocab_size: int, mask_id: int,
+         max_predictions: int, rng: np.random.Generator | RowGenerators, vocab_size: int,
+         mask_id: int,
          random_ids=None, span_p: float = 0.2, max_span: int = 10, max_ngram: int = 3):
   """Masks a batch; returns dict(input_ids BL, positions BP, targets BP, weights BP).
 
@@ -61,7 +80,7 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
     chosen_BL = _choose_tokens(candidate_BL, k_B, p, rng)
   else:
     words = _Words(candidate_BL, np.asarray(word_start_BL, bool))
-    covered_BW = _choose_words(kind, words, k_B, rng, span_p, max_span, max_ngram)
+    covered_BW = _choose_words(kind, words, k_B, rng, span_p, max_span, max_ngram, length)
     chosen_BL = candidate_BL & np.take_along_axis(covered_BW, words.index_BL, 1)
 
   # The chosen positions, ascending, first; at most k <= p of them per row.
@@ -79,7 +98,8 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
     decision_BP = rng.random((batch, p))
   if random_ids is None:
     random_ids = np.arange(vocab_size)
-  random_BP = rng.choice(np.asarray(random_ids), size=(batch, p))
+  random_ids = np.asarray(random_ids)
+  random_BP = random_ids[rng.integers(0, len(random_ids), size=(batch, p))]
   replacement_BP = np.where(decision_BP < 0.8, mask_id,
                             np.where(decision_BP < 0.9, random_BP, targets_BP))
   input_ids_BL = ids_BL.copy()
@@ -151,23 +171,28 @@ class _Words:
     self.left_BW = end_BW - w_W + 1
 
 
-def _choose_words(kind, words, k_B, rng, span_p, max_span, max_ngram):
+def _choose_words(kind, words, k_B, rng, span_p, max_span, max_ngram, max_words):
   """Runs the kind's published selection loop over each row's words in random order.
 
   The loops are sequential by nature (each choice shrinks the budget and covers
   words), so they run per row in plain Python on a few dozen words; the random
-  draws for all rows are made up front.
+  draws for all rows are made up front, `max_words` per row whatever the batch
+  holds, so a row's draws do not depend on its batch-mates.
   """
   batch, width = len(k_B), max(words.width, 1)
   real_BW = np.arange(words.width) < words.n_B[:, None]
-  order_BW = np.argsort(np.where(real_BW, rng.random((batch, words.width)), 2.0), axis=1)
+  uniforms = lambda: rng.random((batch, max_words))[:, :width]
+  order_BW = np.argsort(np.where(real_BW, uniforms()[:, :words.width], 2.0), axis=1)
   if kind == 'span':
     lengths_S = np.arange(1, max_span + 1)
     prob_S = span_p * (1 - span_p) ** (lengths_S - 1)
-    draw_BW = rng.choice(lengths_S, size=(batch, width), p=prob_S / prob_S.sum())
+    # Inverse-CDF sampling from uniforms: one cheap draw per row and word.
+    cdf_S = np.cumsum(prob_S) / prob_S.sum()
+    draw_BW = lengths_S[np.minimum(np.searchsorted(cdf_S, uniforms(), side='right'),
+                                   len(lengths_S) - 1)]
     select = _select_spans
   elif kind == 'ngram':
-    draw_BW = rng.random((batch, width))
+    draw_BW = uniforms()
     weight_N = 1.0 / np.arange(1, max_ngram + 1)
     # cdfs[m - 1]: p(n) ∝ 1/n over n = 1..m, without its final 1.0, for bisect.
     cdfs = [(np.cumsum(weight_N[:m]) / weight_N[:m].sum())[:-1].tolist()
@@ -191,9 +216,7 @@ def _select_whole_words(order, draws, size, left, budget):
   for w in order:
     if budget == 0:
       break
-    if size[w] > budget:
-      break
-    if True:
+    if size[w] <= budget:
       chosen[w], budget = True, budget - size[w]
   return chosen
 

@@ -1,0 +1,176 @@
+"""tensorflow-datasets builders for local data, written as array_record.
+
+Building a corpus once as a tfds dataset gives it a catalog entry (features,
+splits, sizes) and random access through `tfds.data_source`, with no TensorFlow at
+build or read time. `LocalText` turns text files into documents (one a file, a
+blank-line block or a line; sentences joined by '\\n'); `LocalTsv` turns TSV files
+into labelled examples (text_a, text_b, label) for fine-tuning tasks.
+
+Read a built dataset back with `tfds.data_source('local_text/NAME', data_dir=DIR)`
+(or corpus 'tfds:local_text/NAME' with TFDS_DATA_DIR=DIR); reading needs only the
+files, not this module.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import os
+
+import tensorflow_datasets as tfds
+
+from bertjax.data import corpus as corpus_lib
+from bertjax.errors import UserError
+
+_VERSION = tfds.core.Version('1.0.0')
+
+
+class _LocalBuilder(tfds.core.GeneratorBasedBuilder):
+  """A builder of local files: nothing to download, so no checksums beside the code.
+
+  Saying so (`code_path` None) also avoids tfds 4.9.10 importing `importlib_resources`
+  to locate the code of a builder defined in a package, a module it does not install
+  on Python >= 3.9.
+  """
+  VERSION = _VERSION
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    return None
+
+
+@dataclasses.dataclass(eq=False)
+class LocalTextConfig(tfds.core.BuilderConfig):
+  pattern: str = ''
+  doc_mode: str = 'blank_line'
+  eval_fraction: float = 0.0
+  seed: int = 0
+
+
+class LocalText(_LocalBuilder):
+  """Documents from local UTF-8 text files; splits 'train' and (optionally) 'eval'."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({'text': tfds.features.Text()}),
+        description=(f'Documents ({cfg.doc_mode}) from {cfg.pattern}, sentences joined by '
+                     f'newlines; eval_fraction={cfg.eval_fraction}, seed={cfg.seed}.'),
+        # Keep file order: documents stay comparable with the text files.
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    cfg = self.builder_config
+    count = sum(1 for _ in corpus_lib.iter_text_documents(cfg.pattern, cfg.doc_mode))
+    if not count:
+      raise UserError(f'corpus {cfg.pattern!r} holds no text; point it at non-empty '
+                      'UTF-8 files')
+    held_out = corpus_lib.eval_indices(count, cfg.eval_fraction, cfg.seed)
+    splits = {'train': self._generate_examples(held_out, eval_split=False)}
+    if held_out:
+      splits['eval'] = self._generate_examples(held_out, eval_split=True)
+    return splits
+
+  def _generate_examples(self, held_out: set[int], eval_split: bool):
+    cfg = self.builder_config
+    for i, doc in enumerate(corpus_lib.iter_text_documents(cfg.pattern, cfg.doc_mode)):
+      if (i in held_out) == eval_split:
+        yield i, {'text': '\n'.join(doc)}
+
+
+def build_text_dataset(pattern: str, data_dir: str, *, name: str,
+                       doc_mode: str = 'blank_line', eval_fraction: float = 0.0,
+                       seed: int = 0) -> tfds.core.DatasetBuilder:
+  """Builds `local_text/NAME` under `data_dir` (array_record); returns its builder."""
+  config = LocalTextConfig(name=name, pattern=pattern, doc_mode=doc_mode,
+                           eval_fraction=eval_fraction, seed=seed)
+  return _build(LocalText(data_dir=data_dir, config=config, file_format='array_record'))
+
+
+@dataclasses.dataclass(eq=False)
+class LocalTsvConfig(tfds.core.BuilderConfig):
+  """`files` maps split -> TSV path or glob. Columns are header names, or 0-based
+  indices (as ints) when `header` is False; `text_b` is optional."""
+  files: dict[str, str] = dataclasses.field(default_factory=dict)
+  text_a: str | int = 0
+  text_b: str | int | None = None
+  label: str | int = 1
+  header: bool = True
+
+
+class LocalTsv(_LocalBuilder):
+  """Labelled text pairs from TSV files; labels become a ClassLabel (sorted names)."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    labels = sorted({row[2] for split in cfg.files for row in self._rows(split)})
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict({
+            'text_a': tfds.features.Text(), 'text_b': tfds.features.Text(),
+            'label': tfds.features.ClassLabel(names=labels)}),
+        description=f'TSV task from {cfg.files}: text_a={cfg.text_a!r}, '
+                    f'text_b={cfg.text_b!r}, label={cfg.label!r}.',
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(split) for split in self.builder_config.files}
+
+  def _generate_examples(self, split: str):
+    for i, (a, b, label) in enumerate(self._rows(split)):
+      yield i, {'text_a': a, 'text_b': b, 'label': label}
+
+  def _rows(self, split: str):
+    """(text_a, text_b, label) per data row; a short row or an absent column is a
+    UserError naming the file and the row."""
+    cfg = self.builder_config
+    paths = sorted(glob.glob(os.path.expanduser(cfg.files[split])))
+    if not paths:
+      raise UserError(f'TSV {cfg.files[split]!r} for split {split!r} matches no file')
+    for path in paths:
+      lines = corpus_lib.read_text(path).splitlines()
+      rows = csv.reader(lines, delimiter='\t', quoting=csv.QUOTE_NONE)
+      columns = _column_indices(cfg, next(rows, []) if cfg.header else None, path)
+      for row_number, row in enumerate(rows, start=2 if cfg.header else 1):
+        if not row:
+          continue
+        if len(row) <= max(columns.values()):
+          missing = [k for k, c in columns.items() if c >= len(row)]
+          raise UserError(f'{path}, row {row_number}: has {len(row)} column(s), no '
+                          f'{missing[0]} column; fix the row or the column settings')
+        yield (row[columns['text_a']],
+               row[columns['text_b']] if 'text_b' in columns else '',
+               row[columns['label']])
+
+
+def _column_indices(cfg: LocalTsvConfig, header: list[str] | None, path: str) -> dict:
+  wanted = {'text_a': cfg.text_a, 'label': cfg.label}
+  if cfg.text_b is not None:
+    wanted['text_b'] = cfg.text_b
+  if header is None:
+    bad = [f'{k}={v!r}' for k, v in wanted.items() if not isinstance(v, int)]
+    if bad:
+      raise UserError(f'{path} has no header, so columns must be 0-based indices ({bad[0]})')
+    return wanted
+  missing = [f'{k}={v!r}' for k, v in wanted.items() if v not in header]
+  if missing:
+    raise UserError(f'{path}, row 1 (header): no column {missing[0]}; the columns are '
+                    f'{header}')
+  return {k: header.index(v) for k, v in wanted.items()}
+
+
+def build_tsv_dataset(files: dict[str, str], data_dir: str, *, name: str, text_a: str | int,
+                      label: str | int, text_b: str | int | None = None,
+                      header: bool = True) -> tfds.core.DatasetBuilder:
+  """Builds `local_tsv/NAME` under `data_dir` (array_record); returns its builder."""
+  config = LocalTsvConfig(name=name, files=dict(files), text_a=text_a, text_b=text_b,
+                          label=label, header=header)
+  return _build(LocalTsv(data_dir=data_dir, config=config, file_format='array_record'))
+
+
+def _build(builder: tfds.core.GeneratorBasedBuilder) -> tfds.core.DatasetBuilder:
+  """Generates the dataset, replacing an earlier build: the files may have changed."""
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+  return builder

@@ -1,0 +1,137 @@
+"""`bertjax data tokenizer|prepare|inspect`: build a vocabulary, pre-tokenize a
+corpus, and look at what training will see before spending accelerator time on it.
+
+`add_data_commands(subparsers)` registers the commands; each sets `run(args,
+overrides)` like the commands in `bertjax.cli`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from bertjax.errors import UserError
+
+_CORPUS_HELP = ('text file or glob, "tfds:NAME[/CONFIG][:SPLIT]" (prepared as array_record '
+                'under TFDS_DATA_DIR), a directory from `bertjax data prepare`, or "embedded"')
+
+
+def _no_overrides(overrides, command):
+  if overrides:
+    raise UserError(f'data {command} takes no --config flags (got {overrides[0]!r})')
+
+
+def _documents(args):
+  from bertjax.data import corpus
+  return corpus.load_documents(args.corpus, num_embedded=args.embedded_documents,
+                               seed=args.seed, doc_mode=args.doc_mode)
+
+
+def _tokenizer(args, overrides):
+  _no_overrides(overrides, 'tokenizer')
+  import tqdm
+  from bertjax.data import tokenizer
+  documents = _documents(args)
+  sentences = (s for doc in tqdm.tqdm(documents, desc='training SentencePiece', unit='doc',
+                                      disable=None) for s in doc)
+  path = os.path.join(args.out, 'spm.model')
+  try:
+    tok = tokenizer.train_sentencepiece(sentences, path, vocab_size=args.vocab_size,
+                                        model_type=args.model)
+  except RuntimeError as e:  # its message names the setting to change
+    raise UserError(f'SentencePiece cannot train on {args.corpus}: '
+                    f'{str(e).strip().splitlines()[-1]}') from None
+  print(f'wrote {path}: {args.model}, {tok.vocab_size} pieces from {len(documents)} documents')
+
+
+def _prepare(args, overrides):
+  _no_overrides(overrides, 'prepare')
+  from bertjax.data import prepare
+  manifest = prepare.prepare(args.corpus, args.out, args.tokenizer, doc_mode=args.doc_mode,
+                             seed=args.seed, eval_fraction=args.eval_fraction,
+                             num_embedded=args.embedded_documents)
+  for split, counts in manifest['splits'].items():
+    print(f'{split}: {counts["documents"]} documents, {counts["sentences"]} sentences, '
+          f'{counts["tokens"]} tokens in {len(counts["shards"])} shard(s)')
+  print(f'wrote {args.out}; train on it with --config.data.corpus={args.out}')
+
+
+def _pieces(tok, ids) -> str:
+  """A sentence as whole-word masking sees it: [words], pieces joined by '·'."""
+  words = []
+  for i in ids:
+    piece = tok.id_to_piece(i)
+    if tok.word_start_V[i] or not words:
+      words.append([piece])
+    else:
+      words[-1].append(piece)
+  return ' '.join('[' + '·'.join(w) + ']' for w in words)
+
+
+def _inspect(args, overrides):
+  _no_overrides(overrides, 'inspect')
+  from bertjax.data import prepare, tokenizer
+  if prepare.is_prepared(args.corpus):
+    tok = (tokenizer.load(args.tokenizer) if args.tokenizer
+           else prepare.prepared_tokenizer(args.corpus))
+    ids_docs = [d for split in prepare.read_manifest(args.corpus)['splits']
+                for d in prepare.load_prepared(args.corpus, split, tok)]
+    documents = [[tok.decode(s) for s in d] for d in ids_docs[:args.n]]
+  else:
+    documents = _documents(args)
+    tok = tokenizer.load(args.tokenizer) if args.tokenizer else None
+    if tok is not None:
+      import tqdm
+      ids_docs = [[tok.encode(s) for s in d]
+                  for d in tqdm.tqdm(documents, desc='tokenizing', unit='doc', disable=None)]
+    else:
+      ids_docs = None
+  num_sentences = sum(len(d) for d in (ids_docs or documents))
+  print(f'corpus {args.corpus}: {len(ids_docs or documents)} documents, '
+        f'{num_sentences} sentences')
+  if tok is not None:
+    lengths = [len(s) for d in ids_docs for s in d]
+    unk = sum(int(i == tok.unk_id) for d in ids_docs for s in d for i in s)
+    print(f'tokens: {sum(lengths)} ({sum(lengths) / max(1, num_sentences):.1f} a sentence, '
+          f'max {max(lengths, default=0)}), [UNK] {unk}, vocab {tok.vocab_size}')
+  for n, doc in enumerate(documents[:args.n]):
+    print(f'--- document {n}: {len(doc)} sentences')
+    for k, sentence in enumerate(doc[:args.sentences]):
+      print(f'  {sentence}')
+      if tok is not None:
+        print(f'    {_pieces(tok, ids_docs[n][k])}')
+
+
+def add_data_commands(subparsers) -> argparse.ArgumentParser:
+  """Registers `data` with its subcommands on the `bertjax` subparsers object."""
+  data = subparsers.add_parser('data', help='build a tokenizer, pre-tokenize or inspect a corpus')
+  commands = data.add_subparsers(dest='data_command', required=True)
+
+  def corpus_parser(name, help_text):
+    p = commands.add_parser(name, help=help_text, description=help_text)
+    p.add_argument('--corpus', required=True, help=_CORPUS_HELP)
+    p.add_argument('--doc_mode', choices=['file', 'blank_line', 'line'], default='blank_line',
+                   help='for text files: what one document is (default: blank-line blocks)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--embedded_documents', type=int, default=4000,
+                   help='documents to generate for --corpus embedded')
+    return p
+
+  tok = corpus_parser('tokenizer', 'train a SentencePiece model with the BERT special tokens')
+  tok.add_argument('--out', required=True, help='directory to write spm.model into')
+  tok.add_argument('--vocab_size', type=int, required=True)
+  tok.add_argument('--model', choices=['unigram', 'bpe'], default='unigram')
+  tok.set_defaults(run=_tokenizer)
+
+  prep = corpus_parser('prepare', 'tokenize a corpus once, sentence-split, into array_record')
+  prep.add_argument('--tokenizer', required=True, help='directory with spm.model or vocab.txt')
+  prep.add_argument('--out', required=True, help='directory to write (replaced if prepared)')
+  prep.add_argument('--eval_fraction', type=float, default=0.0,
+                    help='documents to hold out as split "eval"')
+  prep.set_defaults(run=_prepare)
+
+  insp = corpus_parser('inspect', 'print counts and a few documents, tokenized if asked')
+  insp.add_argument('--tokenizer', help='directory with spm.model or vocab.txt')
+  insp.add_argument('--n', type=int, default=3, help='documents to show')
+  insp.add_argument('--sentences', type=int, default=5, help='sentences to show a document')
+  insp.set_defaults(run=_inspect)
+  return data
