@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
   exp.add_argument('--format', choices=['hf'], default='hf')
   exp.add_argument('--out', required=True, help='output directory')
   exp.set_defaults(run=_export)
+
+  from bertjax.data_cli import add_data_commands
+  add_data_commands(commands)
   return parser
 
 

@@ -67,7 +67,7 @@ def build(config, model_cfg, mesh, rules) -> Steps:
   def train_step(state, batch):
     # Dropout derives from (seed, step): a resumed run draws the same masks.
     dropout_key = jax.random.fold_in(base_key, state['step'])
-    mlm_count, nsp_count = batch['mlm_weights'].sum(), batch['nsp_labels'].shape[0]
+    mlm_count, nsp_count = batch['mlm_weights'].sum(), (batch['nsp_labels'] >= 0).sum()
 
     def micro_grads(params, micro_batch, micro_index):
       def loss_fn(p):

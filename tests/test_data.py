@@ -46,10 +46,14 @@ def test_text_files_split_documents_on_blank_lines(tmp_path):
     corpus.text_file_documents(str(tmp_path / 'none*.txt'))
 
 
+def _pairs(tok, objective, seed=1):
+  docs = [[tok.encode(s) for s in d] for d in corpus.embedded_documents(300, seed=seed)]
+  return docs, list(instances.sentence_pairs(docs, seq_len=64, short_seq_prob=0.1,
+                                             objective=objective, rng=random.Random(0)))
+
+
 def test_nsp_pairs_layout_and_balance(tok):
-  docs = [[tok.encode(s) for s in d] for d in corpus.embedded_documents(300, seed=1)]
-  pairs = list(instances.nsp_pairs(docs, seq_len=64, short_seq_prob=0.1,
-                                   rng=random.Random(0)))
+  _, pairs = _pairs(tok, 'nsp')
   assert all(len(a) + len(b) <= 61 and a and b for a, b, _ in pairs)
   random_share = np.mean([r for _, _, r in pairs])
   assert 0.4 < random_share < 0.6
@@ -59,6 +63,44 @@ def test_nsp_pairs_layout_and_balance(tok):
   assert row[0] == 2 and row[len(a) + 1] == 3 and row[len(a) + len(b) + 2] == 3
   assert table['token_type_ids'][0, len(a) + 2] == 1 and table['token_type_ids'][0, len(a) + 1] == 0
   assert table['attention_mask'][0].sum() == len(a) + len(b) + 3
+  assert table['position_ids'][0, :5].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_sop_swaps_consecutive_segments_half_the_time():
+  # Every token id unique: id = 1000 * document + position in it, so order is visible.
+  docs = [[[1000 * d + 6 * s + k for k in range(6)] for s in range(12)] for d in range(300)]
+  pairs = list(instances.sentence_pairs(docs, seq_len=40, short_seq_prob=0.1,
+                                        objective='sop', rng=random.Random(0)))
+  same_doc = [(a, b, label) for a, b, label in pairs if a[0] // 1000 == b[0] // 1000]
+  assert len(same_doc) > 0.9 * len(pairs)  # only one-sentence chunks borrow a document
+  swapped = [label for _, _, label in same_doc]
+  assert 0.45 < np.mean(swapped) < 0.55
+  for a, b, label in same_doc:
+    assert (a[-1] < b[0]) == (label == 0)  # in order unless swapped
+    assert a == sorted(a) and b == sorted(b)  # each segment is contiguous text
+
+
+def test_single_segment_objective_has_no_label(tok):
+  _, pairs = _pairs(tok, 'none')
+  assert all(b is None and label == -1 and len(a) <= 62 for a, b, label in pairs)
+  table = instances.pack_pairs(pairs, seq_len=64, cls_id=2, sep_id=3, pad_id=0)
+  assert (table['token_type_ids'] == 0).all() and (table['nsp_labels'] == -1).all()
+
+
+def test_packing_fills_rows_and_keeps_documents_apart(tok):
+  docs = [[tok.encode(s) for s in d] for d in corpus.embedded_documents(300, seed=2)]
+  table = instances.pack_documents(docs, seq_len=128, cls_id=2, sep_id=3, pad_id=0)
+  segments, positions, ids = table['attention_mask'], table['position_ids'], table['input_ids']
+  assert (segments == 0).mean() < 0.05  # padding under 5% of tokens
+  for r in range(len(ids)):
+    for seg in range(1, segments[r].max() + 1):
+      where = np.flatnonzero(segments[r] == seg)
+      assert ids[r, where[0]] == 2 and ids[r, where[-1]] == 3  # [CLS] ... [SEP]
+      assert positions[r, where].tolist() == list(range(len(where)))  # from 0
+  # Every token of every document is there, in order.
+  body = ids[(ids != 2) & (ids != 3) & (segments > 0)]
+  assert body.tolist() == [t for d in docs for s in d for t in s]
+  assert (table['nsp_labels'] == -1).all()
 
 
 def test_token_masking_statistics(tok):

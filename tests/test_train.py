@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bertjax import config_lib, train
+from bertjax.cli import main
 from bertjax.errors import UserError
 
 from conftest import ROOT
@@ -98,3 +99,26 @@ def test_periodic_eval_and_profile(tmp_path):
   assert any(f.endswith('.xplane.pb') for f in traces), traces
   record = read_metrics(workdir)[-2]
   assert record['flops_per_sec_per_device'] > 0 and record['step_time'] > 0
+
+
+def test_packed_training_on_a_prepared_corpus(tmp_path, capsys):
+  text = tmp_path / 'corpus.txt'
+  from bertjax.data import corpus
+  text.write_text('\n\n'.join(' '.join(d) for d in corpus.embedded_documents(300, seed=4)))
+  tok_dir, prepared = str(tmp_path / 'tok'), str(tmp_path / 'prepared')
+  assert main(['data', 'tokenizer', '--corpus', str(text), '--out', tok_dir,
+               '--vocab_size', '300', '--model', 'bpe']) == 0
+  assert main(['data', 'prepare', '--corpus', str(text), '--tokenizer', tok_dir,
+               '--out', prepared]) == 0
+  workdir = str(tmp_path / 'packed')
+  results = train.train_and_evaluate(local_config(**{
+      'data.corpus': prepared, 'data.packing': True, 'train.steps': 4}), workdir)
+  assert np.isfinite(results['mlm_loss']) and results['nsp_accuracy'] == 0.0
+  assert open(os.path.join(workdir, 'tokenizer', 'spm.model'), 'rb').read() == \
+      open(os.path.join(tok_dir, 'spm.model'), 'rb').read()
+
+
+def test_sentence_order_prediction_trains(tmp_path):
+  results = train.train_and_evaluate(
+      local_config(**{'data.sentence_objective': 'sop', 'train.steps': 4}), str(tmp_path))
+  assert 0.0 < results['nsp_accuracy'] <= 1.0

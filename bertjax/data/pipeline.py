@@ -16,7 +16,7 @@ import grain
 import jax
 import numpy as np
 
-from bertjax.data import corpus, instances, masking, tokenizer as tokenizer_lib
+from bertjax.data import corpus, instances, masking, prepare, tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
 
@@ -62,13 +62,50 @@ def _split_documents(documents, eval_fraction: float, seed: int):
   return [documents[i] for i in order[n_eval:]], [documents[i] for i in order[:n_eval]]
 
 
-def _make_instances(documents, tok, data_cfg, seed: int):
+def _tokenize(documents, tok):
   tokenized = [[ids for ids in (tok.encode(s) for s in doc) if ids] for doc in documents]
-  tokenized = [doc for doc in tokenized if doc]
-  pairs = instances.nsp_pairs(tokenized, seq_len=data_cfg.seq_len,
-                              short_seq_prob=data_cfg.short_seq_prob, rng=random.Random(seed))
-  return instances.pack_pairs(pairs, seq_len=data_cfg.seq_len, cls_id=tok.cls_id,
-                              sep_id=tok.sep_id, pad_id=tok.pad_id)
+  return [doc for doc in tokenized if doc]
+
+
+def _make_instances(documents, tok, data_cfg, seed: int):
+  """Token-id documents -> the instance table (sentence pairs, or packed rows)."""
+  ids = dict(seq_len=data_cfg.seq_len, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id)
+  if data_cfg.packing:
+    return instances.pack_documents(documents, **ids)
+  if data_cfg.sentence_objective not in instances.OBJECTIVES:
+    raise UserError(f'data.sentence_objective {data_cfg.sentence_objective!r} is unknown; '
+                    f'choose one of {instances.OBJECTIVES}')
+  pairs = instances.sentence_pairs(documents, seq_len=data_cfg.seq_len,
+                                   short_seq_prob=data_cfg.short_seq_prob,
+                                   objective=data_cfg.sentence_objective,
+                                   rng=random.Random(seed))
+  return instances.pack_pairs(pairs, **ids)
+
+
+def _token_documents(config, workdir: str):
+  """(tokenizer, train documents, eval documents) as lists of sentences of ids.
+
+  A directory made by `bertjax data prepare` is already tokenized (and split); text
+  is split here and tokenized once per run.
+  """
+  data_cfg = config.data
+  if prepare.is_prepared(data_cfg.corpus):
+    dest = os.path.join(workdir, 'tokenizer')
+    if tokenizer_lib.find(dest) is None and jax.process_index() == 0:
+      tokenizer_lib.save(prepare.prepared_tokenizer(data_cfg.corpus), dest)
+    _sync('tokenizer')
+    tok = tokenizer_lib.load(dest)
+    as_lists = lambda docs: [[s.tolist() for s in doc] for doc in docs]
+    documents = as_lists(prepare.load_prepared(data_cfg.corpus, 'train', tok))
+    if 'eval' in prepare.read_manifest(data_cfg.corpus)['splits']:
+      return tok, documents, as_lists(prepare.load_prepared(data_cfg.corpus, 'eval', tok))
+    train_docs, eval_docs = _split_documents(documents, data_cfg.eval_fraction, config.seed)
+    return tok, train_docs, eval_docs
+  documents = corpus.load_documents(data_cfg.corpus, num_embedded=data_cfg.embedded_documents,
+                                    seed=config.seed, doc_mode=data_cfg.doc_mode)
+  train_docs, eval_docs = _split_documents(documents, data_cfg.eval_fraction, config.seed)
+  tok = load_or_train_tokenizer(data_cfg, train_docs, workdir)
+  return tok, _tokenize(train_docs, tok), _tokenize(eval_docs, tok)
 
 
 EVAL_STREAM = 2**64 - 1  # the batch index the held-out masks are drawn under
@@ -116,10 +153,7 @@ def mask_rows(batch, tok, masking_cfg, rngs):
 
 def build(config, workdir: str) -> PretrainData:
   data_cfg = config.data
-  documents = corpus.load_documents(data_cfg.corpus, num_embedded=data_cfg.embedded_documents,
-                                    seed=config.seed)
-  train_docs, eval_docs = _split_documents(documents, data_cfg.eval_fraction, config.seed)
-  tok = load_or_train_tokenizer(data_cfg, train_docs, workdir)
+  tok, train_docs, eval_docs = _token_documents(config, workdir)
   train_table = _make_instances(train_docs, tok, data_cfg, config.seed)
   eval_table = _make_instances(eval_docs, tok, data_cfg, config.seed + 1)
   num_train = len(train_table['nsp_labels'])

@@ -52,9 +52,9 @@ class BertForPreTraining(nnx.Module):
     return mlm_logits_BPV, nsp_logits_B2
 
   def __call__(self, input_ids_BL, token_type_ids_BL, attention_mask_BL, positions_BP, *,
-               rngs: nnx.Rngs | None = None):
+               position_ids_BL=None, rngs: nnx.Rngs | None = None):
     x_BLD, pooled_BD = self.bert(input_ids_BL, token_type_ids_BL, attention_mask_BL,
-                                 rngs=rngs)
+                                 position_ids_BL, rngs=rngs)
     return self.head(x_BLD, pooled_BD, positions_BP)
 
 

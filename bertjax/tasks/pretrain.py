@@ -1,7 +1,8 @@
 """The pre-training task: the model it builds, its loss and its metrics.
 
-Batch keys: input_ids, token_type_ids, attention_mask (B, L); mlm_positions,
-mlm_targets, mlm_weights (B, P); nsp_labels (B,).
+Batch keys: input_ids, token_type_ids, attention_mask, position_ids (B, L);
+mlm_positions, mlm_targets, mlm_weights (B, P); nsp_labels (B,), the sentence-level
+label (NSP or SOP; -1 where the row has none).
 
 Everything is computed as sums first (`batch_sums`), so micro-batches of a
 gradient-accumulation step, data shards and eval batches add up exactly; ratios
@@ -24,19 +25,22 @@ def build_model(model_cfg: BertConfig, seed_key) -> BertForPreTraining:
 def batch_sums(model: BertForPreTraining, batch, rngs: nnx.Rngs | None = None):
   mlm_logits_BPV, nsp_logits_B2 = model(
       batch['input_ids'], batch['token_type_ids'], batch['attention_mask'],
-      batch['mlm_positions'], rngs=rngs)
+      batch['mlm_positions'], position_ids_BL=batch['position_ids'], rngs=rngs)
   weights_BP = batch['mlm_weights']
   mlm_xent_BP = optax.softmax_cross_entropy_with_integer_labels(mlm_logits_BPV,
                                                                 batch['mlm_targets'])
+  # Label -1: no sentence objective for this row (packed rows, objective 'none').
+  labels_B = batch['nsp_labels']
+  nsp_weights_B = (labels_B >= 0).astype(jnp.float32)
   nsp_xent_B = optax.softmax_cross_entropy_with_integer_labels(nsp_logits_B2,
-                                                               batch['nsp_labels'])
+                                                               jnp.maximum(labels_B, 0))
   return dict(
       mlm_loss_sum=(mlm_xent_BP * weights_BP).sum(),
       mlm_correct=((mlm_logits_BPV.argmax(-1) == batch['mlm_targets']) * weights_BP).sum(),
       mlm_count=weights_BP.sum(),
-      nsp_loss_sum=nsp_xent_B.sum(),
-      nsp_correct=(nsp_logits_B2.argmax(-1) == batch['nsp_labels']).sum().astype(jnp.float32),
-      nsp_count=jnp.asarray(nsp_xent_B.shape[0], jnp.float32),
+      nsp_loss_sum=(nsp_xent_B * nsp_weights_B).sum(),
+      nsp_correct=((nsp_logits_B2.argmax(-1) == labels_B) * nsp_weights_B).sum(),
+      nsp_count=nsp_weights_B.sum(),
       tokens=(batch['attention_mask'] > 0).sum().astype(jnp.float32),
   )
 
