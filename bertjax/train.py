@@ -21,8 +21,12 @@ from bertjax.errors import UserError
 from bertjax.models.bert import BertConfig
 from bertjax.tasks import pretrain
 
-# Config keys a resumed run must share with the run that wrote the checkpoint.
-_FIXED_KEYS = ('model', 'data.tokenizer', 'data.seq_len', 'data.corpus', 'seed')
+_ARCHITECTURE = ('num_layers', 'hidden_size', 'num_heads', 'intermediate_size',
+                 'max_position_embeddings', 'type_vocab_size', 'layer_norm_eps')
+# Config keys a resumed run must share with the run that wrote the checkpoint (the
+# compute dtype, attention kernel, steps or learning rate may change).
+_FIXED_KEYS = (*(f'model.{k}' for k in _ARCHITECTURE), 'data.tokenizer', 'data.seq_len',
+               'data.corpus', 'seed')
 
 
 def check_and_write_config(config, workdir: str) -> None:
@@ -57,10 +61,6 @@ def check_and_write_config(config, workdir: str) -> None:
     with open(tmp, 'w', encoding='utf-8') as f:
       f.write(config_lib.to_json(config))
     os.replace(tmp, path)
-
-
-_ARCHITECTURE = ('num_layers', 'hidden_size', 'num_heads', 'intermediate_size',
-                 'max_position_embeddings', 'type_vocab_size', 'layer_norm_eps')
 
 
 def adopt_architecture(config) -> None:

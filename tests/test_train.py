@@ -77,7 +77,7 @@ def test_rerunning_a_finished_workdir_only_evaluates(finished_run):
 
 def test_resuming_with_another_model_is_refused(finished_run):
   workdir, _ = finished_run
-  with pytest.raises(UserError, match='was trained with model='):
+  with pytest.raises(UserError, match='was trained with model.num_layers=2, but the config says 3'):
     train.train_and_evaluate(local_config(**{'model.num_layers': 3}), workdir)
 
 
