@@ -100,7 +100,10 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   # Concatenate documents to full rows (no sentence objective, almost no padding).
   c.data.packing = False
   c.data.tokenizer = ConfigDict(dict(kind='sentencepiece', vocab_size=30000, model_type='unigram'))
-  c.data.masking = ConfigDict(dict(kind='token', rate=0.15, max_predictions=20))
+  # dupe_factor 0: a fresh mask each time an instance is read (dynamic, RoBERTa);
+  # k > 0: k fixed masks per instance, cycled by epoch (static, original BERT).
+  c.data.masking = ConfigDict(dict(kind='token', rate=0.15, max_predictions=20,
+                                   dupe_factor=0))
 
   c.train = ConfigDict()
   c.train.steps = 1_000_000

@@ -122,3 +122,23 @@ def test_sentence_order_prediction_trains(tmp_path):
   results = train.train_and_evaluate(
       local_config(**{'data.sentence_objective': 'sop', 'train.steps': 4}), str(tmp_path))
   assert 0.0 < results['nsp_accuracy'] <= 1.0
+
+
+def test_static_masking_cycles_k_masks_dynamic_draws_new_ones(tmp_path):
+  from bertjax.data import corpus, pipeline, tokenizer as tokenizer_lib
+  config = local_config()
+  docs = corpus.embedded_documents(50)
+  tok = tokenizer_lib.train_sentencepiece((x for d in docs for x in d),
+                                          str(tmp_path / 'spm.model'), vocab_size=300)
+  table = pipeline._make_instances(pipeline._tokenize(docs, tok), tok, config.data, 0)
+  n, batch = len(table['input_ids']), config.train.batch_size
+  indices = np.arange(batch)  # the same instances, read in epochs 0, 1 and 2
+
+  def positions(dupe_factor, epoch):
+    rows = pipeline.ProcessRows(table, tok, config.data.masking,
+                                seed=0, local_batch=batch, global_batch=batch,
+                                dupe_factor=dupe_factor)
+    return rows.map_with_index(epoch * n // batch + 1, indices)['mlm_positions'].tolist()
+
+  assert positions(0, 0) != positions(0, 1)  # dynamic: a fresh mask every read
+  assert positions(2, 0) == positions(2, 2) != positions(2, 1)  # static: 2 masks, cycled

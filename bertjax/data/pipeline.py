@@ -109,25 +109,36 @@ def _token_documents(config, workdir: str):
 
 
 EVAL_STREAM = 2**64 - 1  # the batch index the held-out masks are drawn under
+STATIC_STREAM = 2**63  # static masks: copy c is drawn under STATIC_STREAM + c
 
 
 class ProcessRows(grain.transforms.MapWithIndex):
   """Global batch of instance indices -> this process's rows, gathered and masked.
 
-  Each row's mask comes from its own RNG, seeded by (seed, global batch, row), so the
-  global batch is the same whether 1 or 64 processes assemble it, and a resumed run
-  draws the same masks.
+  Dynamic masking (dupe_factor 0): each row's RNG is seeded by (seed, global batch,
+  row), a fresh mask every time. Static masking (dupe_factor k, BERT's original):
+  seeded by (seed, copy, instance) with copy = epoch mod k, so each instance has k
+  fixed masks. Either way the global batch is the same whether 1 or 64 processes
+  assemble it, and a resumed run draws the same masks.
   """
 
-  def __init__(self, table, tok, masking_cfg, *, seed: int, local_batch: int):
+  def __init__(self, table, tok, masking_cfg, *, seed: int, local_batch: int,
+               global_batch: int, dupe_factor: int):
     self.table, self.tok, self.cfg, self.seed = table, tok, masking_cfg, seed
     self.first_row = jax.process_index() * local_batch
-    self.local_batch = local_batch
+    self.local_batch, self.global_batch = local_batch, global_batch
+    self.dupe_factor = dupe_factor
+    self.num_instances = len(table['input_ids'])
 
   def map_with_index(self, batch_index: int, indices):
     rows = np.arange(self.first_row, self.first_row + self.local_batch)
     batch = {k: v[indices[rows]] for k, v in self.table.items()}
-    rngs = [row_generator(self.seed, batch_index, r) for r in rows]
+    if self.dupe_factor:
+      epochs = (batch_index * self.global_batch + rows) // self.num_instances
+      rngs = [row_generator(self.seed, STATIC_STREAM + int(e) % self.dupe_factor, i)
+              for e, i in zip(epochs, indices[rows])]
+    else:
+      rngs = [row_generator(self.seed, batch_index, r) for r in rows]
     return mask_rows(batch, self.tok, self.cfg, rngs)
 
 
@@ -172,7 +183,8 @@ def build(config, workdir: str) -> PretrainData:
            .repeat(None)
            .batch(batch_size, drop_remainder=True)
            .map_with_index(ProcessRows(train_table, tok, data_cfg.masking, seed=config.seed,
-                                       local_batch=local_batch)))
+                                       local_batch=local_batch, global_batch=batch_size,
+                                       dupe_factor=data_cfg.masking.dupe_factor)))
 
   # One fixed mask (own seed per row) for every evaluation, so evals compare.
   n_eval = len(eval_table['nsp_labels'])
