@@ -99,6 +99,8 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   c.data.sentence_objective = 'nsp'  # 'sop' (ALBERT) or 'none'
   # Concatenate documents to full rows (no sentence objective, almost no padding).
   c.data.packing = False
+  # Input worker processes per host (grain mp_prefetch); 0 keeps masking in threads.
+  c.data.workers = 0
   c.data.tokenizer = ConfigDict(dict(kind='sentencepiece', vocab_size=30000, model_type='unigram'))
   # dupe_factor 0: a fresh mask each time an instance is read (dynamic, RoBERTa);
   # k > 0: k fixed masks per instance, cycled by epoch (static, original BERT).

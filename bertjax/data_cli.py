@@ -46,12 +46,18 @@ def _tokenizer(args, overrides):
 def _prepare(args, overrides):
   _no_overrides(overrides, 'prepare')
   from bertjax.data import prepare
+  settings = None
+  if args.seq_len:
+    settings = dict(seq_len=args.seq_len, short_seq_prob=args.short_seq_prob,
+                    sentence_objective=args.sentence_objective, packing=args.packing)
   manifest = prepare.prepare(args.corpus, args.out, args.tokenizer, doc_mode=args.doc_mode,
                              seed=args.seed, eval_fraction=args.eval_fraction,
-                             num_embedded=args.embedded_documents)
+                             num_embedded=args.embedded_documents, instance_settings=settings)
   for split, counts in manifest['splits'].items():
     print(f'{split}: {counts["documents"]} documents, {counts["sentences"]} sentences, '
           f'{counts["tokens"]} tokens in {len(counts["shards"])} shard(s)')
+  for split, counts in manifest.get('instances', {}).get('splits', {}).items():
+    print(f'{split}: {counts["rows"]} instances of {args.seq_len} tokens')
   print(f'wrote {args.out}; train on it with --config.data.corpus={args.out}')
 
 
@@ -127,6 +133,12 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
   prep.add_argument('--out', required=True, help='directory to write (replaced if prepared)')
   prep.add_argument('--eval_fraction', type=float, default=0.0,
                     help='documents to hold out as split "eval"')
+  prep.add_argument('--seq_len', type=int, default=0,
+                    help='also build instances of this length (0: documents only); training '
+                    'with the same data settings then reads rows from disk')
+  prep.add_argument('--short_seq_prob', type=float, default=0.1)
+  prep.add_argument('--sentence_objective', choices=['nsp', 'sop', 'none'], default='nsp')
+  prep.add_argument('--packing', action='store_true', help='pack documents into full rows')
   prep.set_defaults(run=_prepare)
 
   insp = corpus_parser('inspect', 'print counts and a few documents, tokenized if asked')

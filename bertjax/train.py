@@ -10,7 +10,6 @@ import json
 import os
 import time
 
-import grain
 import jax
 import numpy as np
 
@@ -129,8 +128,7 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
   total_steps = config.train.steps
   fns = steps.build(config, model_cfg, mesh, rules)
 
-  train_iter = iter(data.train.to_iter_dataset(
-      grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)))
+  train_iter = pipeline.train_iterator(data, config.data.workers)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   state = checkpoint.restore(mngr, fns.abstract_state, train_iter)
   if state is None and config.init:

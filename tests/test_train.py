@@ -125,20 +125,53 @@ def test_sentence_order_prediction_trains(tmp_path):
 
 
 def test_static_masking_cycles_k_masks_dynamic_draws_new_ones(tmp_path):
-  from bertjax.data import corpus, pipeline, tokenizer as tokenizer_lib
+  from bertjax.data import corpus, instance_store, instances, pipeline
+  from bertjax.data import tokenizer as tokenizer_lib
   config = local_config()
   docs = corpus.embedded_documents(50)
   tok = tokenizer_lib.train_sentencepiece((x for d in docs for x in d),
                                           str(tmp_path / 'spm.model'), vocab_size=300)
-  table = pipeline._make_instances(pipeline._tokenize(docs, tok), tok, config.data, 0)
+  table = instances.make_table(instances.tokenize(docs, tok), tok, config.data, 0)
   n, batch = len(table['input_ids']), config.train.batch_size
   indices = np.arange(batch)  # the same instances, read in epochs 0, 1 and 2
 
   def positions(dupe_factor, epoch):
-    rows = pipeline.ProcessRows(table, tok, config.data.masking,
+    rows = pipeline.ProcessRows(instance_store.InMemoryInstances(table), tok, config.data.masking,
                                 seed=0, local_batch=batch, global_batch=batch,
                                 dupe_factor=dupe_factor)
     return rows.map_with_index(epoch * n // batch + 1, indices)['mlm_positions'].tolist()
 
   assert positions(0, 0) != positions(0, 1)  # dynamic: a fresh mask every read
   assert positions(2, 0) == positions(2, 2) != positions(2, 1)  # static: 2 masks, cycled
+
+
+def test_worker_processes_yield_the_same_batches(tmp_path):
+  from bertjax.data import pipeline
+  data = pipeline.build(local_config(), str(tmp_path))
+  plain, workers = pipeline.train_iterator(data, 0), pipeline.train_iterator(data, 2)
+  for _ in range(3):
+    a, b = next(plain), next(workers)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_instances_prepared_on_disk_are_read_row_by_row(tmp_path):
+  from bertjax.data import instance_store, instances, pipeline, prepare
+  config = local_config(**{'data.embedded_documents': 200})
+  tok_dir, prepared = str(tmp_path / 'tok'), str(tmp_path / 'prepared')
+  assert main(['data', 'tokenizer', '--corpus', 'embedded', '--embedded_documents', '200',
+               '--out', tok_dir, '--vocab_size', '300', '--model', 'bpe']) == 0
+  assert main(['data', 'prepare', '--corpus', 'embedded', '--embedded_documents', '200',
+               '--tokenizer', tok_dir, '--out', prepared, '--eval_fraction', '0.2',
+               '--seq_len', str(config.data.seq_len)]) == 0
+  config_lib.apply_overrides(config, [f'data.corpus={prepared}'])
+  tok, train_rows, eval_rows, _ = pipeline._instances(config, str(tmp_path / 'work'))
+  assert isinstance(train_rows, instance_store.InstanceSource)
+  documents = [[s.tolist() for s in d] for d in prepare.load_prepared(prepared, 'train')]
+  expected = instances.make_table(documents, tok, config.data, config.seed)
+  got = train_rows.rows([0, 5, len(train_rows) - 1])
+  for key, value in expected.items():
+    np.testing.assert_array_equal(got[key], value[[0, 5, len(train_rows) - 1]], err_msg=key)
+  results = train.train_and_evaluate(config_lib.apply_overrides(config, ['train.steps=2']),
+                                     str(tmp_path / 'work'))
+  assert np.isfinite(results['mlm_loss'])

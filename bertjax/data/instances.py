@@ -19,6 +19,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from bertjax.errors import UserError
+
 Document = Sequence[Sequence[int]]  # sentences of token ids
 OBJECTIVES = ('nsp', 'sop', 'none')
 # A packed row ends in padding rather than start a document with fewer tokens.
@@ -137,6 +139,27 @@ def pack_documents(documents: Sequence[Document], *, seq_len: int, cls_id: int, 
       start = end
   table['nsp_labels'][:] = -1
   return table
+
+
+def tokenize(documents, tok) -> list[list[list[int]]]:
+  """Text documents -> sentences of ids, dropping what tokenizes to nothing."""
+  tokenized = [[ids for ids in (tok.encode(s) for s in doc) if ids] for doc in documents]
+  return [doc for doc in tokenized if doc]
+
+
+def make_table(documents: Sequence[Document], tok, data_cfg, seed: int):
+  """Token-id documents -> the instance table `data_cfg` asks for: sentence pairs
+  (seq_len, short_seq_prob, sentence_objective) or packed rows (packing)."""
+  ids = dict(seq_len=data_cfg.seq_len, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id)
+  if data_cfg.packing:
+    return pack_documents(documents, **ids)
+  if data_cfg.sentence_objective not in OBJECTIVES:
+    raise UserError(f'data.sentence_objective {data_cfg.sentence_objective!r} is unknown; '
+                    f'choose one of {OBJECTIVES}')
+  pairs = sentence_pairs(documents, seq_len=data_cfg.seq_len,
+                         short_seq_prob=data_cfg.short_seq_prob,
+                         objective=data_cfg.sentence_objective, rng=random.Random(seed))
+  return pack_pairs(pairs, **ids)
 
 
 def _empty(n: int, seq_len: int, pad_id: int):

@@ -7,7 +7,6 @@ iterator replays exactly the batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import random
@@ -16,7 +15,8 @@ import grain
 import jax
 import numpy as np
 
-from bertjax.data import corpus, instances, masking, prepare, tokenizer as tokenizer_lib
+from bertjax.data import (corpus, instance_store, instances, masking, prepare,
+                          tokenizer as tokenizer_lib)
 from bertjax.errors import UserError
 
 
@@ -62,24 +62,13 @@ def _split_documents(documents, eval_fraction: float, seed: int):
   return [documents[i] for i in order[n_eval:]], [documents[i] for i in order[:n_eval]]
 
 
-def _tokenize(documents, tok):
-  tokenized = [[ids for ids in (tok.encode(s) for s in doc) if ids] for doc in documents]
-  return [doc for doc in tokenized if doc]
-
-
-def _make_instances(documents, tok, data_cfg, seed: int):
-  """Token-id documents -> the instance table (sentence pairs, or packed rows)."""
-  ids = dict(seq_len=data_cfg.seq_len, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id)
-  if data_cfg.packing:
-    return instances.pack_documents(documents, **ids)
-  if data_cfg.sentence_objective not in instances.OBJECTIVES:
-    raise UserError(f'data.sentence_objective {data_cfg.sentence_objective!r} is unknown; '
-                    f'choose one of {instances.OBJECTIVES}')
-  pairs = instances.sentence_pairs(documents, seq_len=data_cfg.seq_len,
-                                   short_seq_prob=data_cfg.short_seq_prob,
-                                   objective=data_cfg.sentence_objective,
-                                   rng=random.Random(seed))
-  return instances.pack_pairs(pairs, **ids)
+def _prepared_tokenizer(prepared: str, workdir: str):
+  """A prepared corpus fixes the tokenizer: copy it into the workdir, then load it."""
+  dest = os.path.join(workdir, 'tokenizer')
+  if tokenizer_lib.find(dest) is None and jax.process_index() == 0:
+    tokenizer_lib.save(prepare.prepared_tokenizer(prepared), dest)
+  _sync('tokenizer')
+  return tokenizer_lib.load(dest)
 
 
 def _token_documents(config, workdir: str):
@@ -90,11 +79,7 @@ def _token_documents(config, workdir: str):
   """
   data_cfg = config.data
   if prepare.is_prepared(data_cfg.corpus):
-    dest = os.path.join(workdir, 'tokenizer')
-    if tokenizer_lib.find(dest) is None and jax.process_index() == 0:
-      tokenizer_lib.save(prepare.prepared_tokenizer(data_cfg.corpus), dest)
-    _sync('tokenizer')
-    tok = tokenizer_lib.load(dest)
+    tok = _prepared_tokenizer(data_cfg.corpus, workdir)
     as_lists = lambda docs: [[s.tolist() for s in doc] for doc in docs]
     documents = as_lists(prepare.load_prepared(data_cfg.corpus, 'train', tok))
     if 'eval' in prepare.read_manifest(data_cfg.corpus)['splits']:
@@ -105,7 +90,7 @@ def _token_documents(config, workdir: str):
                                     seed=config.seed, doc_mode=data_cfg.doc_mode)
   train_docs, eval_docs = _split_documents(documents, data_cfg.eval_fraction, config.seed)
   tok = load_or_train_tokenizer(data_cfg, train_docs, workdir)
-  return tok, _tokenize(train_docs, tok), _tokenize(eval_docs, tok)
+  return tok, instances.tokenize(train_docs, tok), instances.tokenize(eval_docs, tok)
 
 
 EVAL_STREAM = 2**64 - 1  # the batch index the held-out masks are drawn under
@@ -128,11 +113,11 @@ class ProcessRows(grain.transforms.MapWithIndex):
     self.first_row = jax.process_index() * local_batch
     self.local_batch, self.global_batch = local_batch, global_batch
     self.dupe_factor = dupe_factor
-    self.num_instances = len(table['input_ids'])
+    self.num_instances = len(table)
 
   def map_with_index(self, batch_index: int, indices):
     rows = np.arange(self.first_row, self.first_row + self.local_batch)
-    batch = {k: v[indices[rows]] for k, v in self.table.items()}
+    batch = self.table.rows(indices[rows])
     if self.dupe_factor:
       epochs = (batch_index * self.global_batch + rows) // self.num_instances
       rngs = [row_generator(self.seed, STATIC_STREAM + int(e) % self.dupe_factor, i)
@@ -162,12 +147,50 @@ def mask_rows(batch, tok, masking_cfg, rngs):
               mlm_targets=masked['targets'], mlm_weights=masked['weights'])
 
 
+def _instances(config, workdir: str):
+  """(tokenizer, train rows, eval rows, most frequent training token).
+
+  A prepared corpus whose stored instances were built with this run's data settings
+  is read row by row from disk; anything else is built here, in memory.
+  """
+  data_cfg = config.data
+  if prepare.is_prepared(data_cfg.corpus):
+    stored = prepare.read_manifest(data_cfg.corpus).get('instances')
+    wanted = dict(seq_len=data_cfg.seq_len, short_seq_prob=data_cfg.short_seq_prob,
+                  sentence_objective=data_cfg.sentence_objective, packing=data_cfg.packing)
+    if stored and stored['settings'] == wanted and 'eval' in stored['splits']:
+      tok = _prepared_tokenizer(data_cfg.corpus, workdir)
+      directory = os.path.join(data_cfg.corpus, 'instances')
+      train, evaluation = (instance_store.InstanceSource(
+          directory, stored['splits'][split]['shards'], data_cfg.seq_len)
+                           for split in ('train', 'eval'))
+      return tok, train, evaluation, stored['most_frequent_token']
+  tok, train_docs, eval_docs = _token_documents(config, workdir)
+  train_table = instances.make_table(train_docs, tok, data_cfg, config.seed)
+  eval_table = instances.make_table(eval_docs, tok, data_cfg, config.seed + 1)
+  counts = np.bincount(train_table['input_ids'][train_table['attention_mask'] > 0],
+                       minlength=tok.vocab_size)
+  counts[tok.special_V] = 0
+  return (tok, instance_store.InMemoryInstances(train_table),
+          instance_store.InMemoryInstances(eval_table), int(counts.argmax()))
+
+
+def train_iterator(data: PretrainData, workers: int):
+  """The checkpointable iterator over this process's batches; with `workers`, batches
+  are gathered and masked in that many processes (same batches, same order)."""
+  dataset = data.train.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
+  if workers:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; bertjax uses none
+      flags.FLAGS.mark_as_parsed()
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(dataset)
+
+
 def build(config, workdir: str) -> PretrainData:
   data_cfg = config.data
-  tok, train_docs, eval_docs = _token_documents(config, workdir)
-  train_table = _make_instances(train_docs, tok, data_cfg, config.seed)
-  eval_table = _make_instances(eval_docs, tok, data_cfg, config.seed + 1)
-  num_train = len(train_table['nsp_labels'])
+  tok, train_rows, eval_rows, most_frequent = _instances(config, workdir)
+  num_train = len(train_rows)
 
   batch_size = config.train.batch_size
   if batch_size % jax.process_count():
@@ -182,12 +205,12 @@ def build(config, workdir: str) -> PretrainData:
            .shuffle(seed=config.seed)
            .repeat(None)
            .batch(batch_size, drop_remainder=True)
-           .map_with_index(ProcessRows(train_table, tok, data_cfg.masking, seed=config.seed,
+           .map_with_index(ProcessRows(train_rows, tok, data_cfg.masking, seed=config.seed,
                                        local_batch=local_batch, global_batch=batch_size,
                                        dupe_factor=data_cfg.masking.dupe_factor)))
 
   # One fixed mask (own seed per row) for every evaluation, so evals compare.
-  n_eval = len(eval_table['nsp_labels'])
+  n_eval = len(eval_rows)
   num_eval_batches = min(n_eval // batch_size, config.train.eval_batches)
   if not num_eval_batches:
     raise UserError(f'the held-out split has {n_eval} sequences, fewer than one batch of '
@@ -195,10 +218,6 @@ def build(config, workdir: str) -> PretrainData:
   eval_batches = []
   for b in range(num_eval_batches):
     rows = b * batch_size + jax.process_index() * local_batch + np.arange(local_batch)
-    batch = {k: v[rows] for k, v in eval_table.items()}
     rngs = [row_generator(config.seed, EVAL_STREAM, r) for r in rows]
-    eval_batches.append(mask_rows(batch, tok, data_cfg.masking, rngs))
-
-  counts = collections.Counter(train_table['input_ids'][train_table['attention_mask'] > 0])
-  most_frequent = next(t for t, _ in counts.most_common() if not tok.special_V[t])
-  return PretrainData(tok, train, eval_batches, num_train, int(most_frequent))
+    eval_batches.append(mask_rows(eval_rows.rows(rows), tok, data_cfg.masking, rngs))
+  return PretrainData(tok, train, eval_batches, num_train, most_frequent)

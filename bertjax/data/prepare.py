@@ -22,12 +22,14 @@ import hashlib
 import json
 import os
 import shutil
+import types
 
 import numpy as np
 import tqdm
 from array_record.python import array_record_module
 
-from bertjax.data import corpus as corpus_lib, tokenizer as tokenizer_lib
+from bertjax.data import corpus as corpus_lib, instance_store, instances
+from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
 MANIFEST = 'prepared.json'
@@ -118,8 +120,13 @@ class _ShardWriter:
 
 
 def prepare(corpus: str, out_dir: str, tokenizer_dir: str, *, doc_mode: str = 'blank_line',
-            seed: int = 0, eval_fraction: float = 0.0, num_embedded: int = 4000) -> dict:
+            seed: int = 0, eval_fraction: float = 0.0, num_embedded: int = 4000,
+            instance_settings: dict | None = None) -> dict:
   """Tokenizes `corpus` (any `data.corpus` string) into `out_dir`; returns the manifest.
+
+  With `instance_settings` (seq_len, short_seq_prob, sentence_objective, packing) the
+  instances are built too and stored under `instances/` (see instance_store.py), so
+  training reads rows from disk instead of building them in every host's memory.
 
   Documents held out by `corpus.eval_indices(n, eval_fraction, seed)` go to split
   'eval', the rest, in corpus order, to 'train'. The directory appears complete or
@@ -138,10 +145,14 @@ def prepare(corpus: str, out_dir: str, tokenizer_dir: str, *, doc_mode: str = 'b
     writers = {'train': _ShardWriter(tmp, 'train')}
     if held_out:
       writers['eval'] = _ShardWriter(tmp, 'eval')
+    tokenized = {name: [] for name in writers}
     for i, doc in enumerate(tqdm.tqdm(documents, desc='tokenizing', unit='doc', disable=None)):
       sentences = _encode(tok, doc)
       if sentences:
-        writers['eval' if i in held_out else 'train'].write(sentences)
+        split = 'eval' if i in held_out else 'train'
+        writers[split].write(sentences)
+        if instance_settings:
+          tokenized[split].append(sentences)
     splits = {name: w.finish() for name, w in writers.items()}
     if not splits['train']['documents']:
       raise UserError(f'corpus {corpus!r} tokenizes to nothing; check the text and tokenizer')
@@ -153,6 +164,8 @@ def prepare(corpus: str, out_dir: str, tokenizer_dir: str, *, doc_mode: str = 'b
         tokenizer=dict(kind=type(tok).__name__, fingerprint=fingerprint(tok),
                        vocab_size=tok.vocab_size, source=os.path.abspath(tokenizer_dir)),
         splits=splits)
+    if instance_settings:
+      manifest['instances'] = _write_instances(tokenized, tok, instance_settings, seed, tmp)
     with open(os.path.join(tmp, MANIFEST), 'w', encoding='utf-8') as f:
       json.dump(manifest, f, indent=2)
     if os.path.exists(out_dir):
@@ -161,6 +174,24 @@ def prepare(corpus: str, out_dir: str, tokenizer_dir: str, *, doc_mode: str = 'b
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return manifest
+
+
+def _write_instances(tokenized, tok, settings: dict, seed: int, directory: str) -> dict:
+  """Builds and writes every split's instances; returns the manifest's 'instances'."""
+  directory = os.path.join(directory, 'instances')
+  os.makedirs(directory)
+  entry = dict(settings=settings, splits={})
+  for split, documents in tokenized.items():
+    table = instances.make_table(documents, tok, types.SimpleNamespace(**settings),
+                                 seed + (split == 'eval'))
+    entry['splits'][split] = dict(rows=len(table['input_ids']),
+                                  shards=instance_store.write(table, directory, split))
+    if split == 'train':
+      counts = np.bincount(table['input_ids'][table['attention_mask'] > 0],
+                           minlength=tok.vocab_size)
+      counts[tok.special_V] = 0
+      entry['most_frequent_token'] = int(counts.argmax())
+  return entry
 
 
 def load_prepared(out_dir: str, split: str = 'train',
