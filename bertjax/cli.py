@@ -37,6 +37,18 @@ def _train(args, overrides):
   train.train_and_evaluate(config, args.workdir, profile=args.profile)
 
 
+def _bench(args, overrides):
+  config = _config_from_args(args.config, overrides)
+  from bertjax import bench
+  if args.peers:
+    import json
+    from bertjax import peers
+    rows = peers.compare(config, rounds=args.rounds, steps_per_round=args.steps)
+    print(json.dumps(rows) if args.json else peers.format_table(rows))
+    return
+  bench.run(config, steps_to_time=args.steps, as_json=args.json, data_workdir=args.data)
+
+
 def _import(args, overrides):
   _no_overrides(overrides, 'import')
   from bertjax import hf
@@ -84,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
   exp.add_argument('--format', choices=['hf'], default='hf')
   exp.add_argument('--out', required=True, help='output directory')
   exp.set_defaults(run=_export)
+
+  bench = commands.add_parser(
+      'bench', help='measure train-step throughput (and MFU) of a config',
+      description='Times the jitted train step on synthetic batches shaped like the config.')
+  bench.add_argument('--config', required=True, help='experiments/FILE.py[:arg]')
+  bench.add_argument('--steps', type=int, default=20, help='timed steps after warm-up')
+  bench.add_argument('--json', action='store_true', help='one JSON object instead of a table')
+  bench.add_argument('--data', metavar='WORKDIR',
+                     help='also measure padding efficiency of the real input (builds the '
+                     'tokenizer into WORKDIR)')
+  bench.add_argument('--peers', action='store_true',
+                     help='also run transformers (PyTorch eager, torch.compile) on the same '
+                     'shapes, interleaved, and print the ratios')
+  bench.add_argument('--rounds', type=int, default=5, help='interleaved rounds with --peers')
+  bench.set_defaults(run=_bench)
 
   from bertjax.data_cli import add_data_commands
   add_data_commands(commands)
