@@ -162,6 +162,14 @@ def make_table(documents: Sequence[Document], tok, data_cfg, seed: int):
   return pack_pairs(pairs, **ids)
 
 
+def most_frequent_token(table, tok) -> int:
+  """The commonest non-special token: always predicting it is MLM's baseline."""
+  counts = np.bincount(table['input_ids'][table['attention_mask'] > 0],
+                       minlength=tok.vocab_size)
+  counts[tok.special_V] = 0
+  return int(counts.argmax())
+
+
 def _empty(n: int, seq_len: int, pad_id: int):
   return dict(input_ids=np.full((n, seq_len), pad_id, np.int32),
               token_type_ids=np.zeros((n, seq_len), np.int32),

@@ -135,8 +135,9 @@ def row_generator(seed: int, batch_index: int, row: int) -> np.random.Generator:
 
 
 def mask_rows(batch, tok, masking_cfg, rngs):
-  """Masks the batch, each row with its own RNG; adds mlm_positions/targets/weights
-  (and the span-boundary targets for span masking)."""
+  """Masks the batch, each row with its own RNG; adds mlm_positions/targets/weights.
+
+  (Span masking's span-boundary targets are not passed on: no SBO head uses them yet.)"""
   ids = batch['input_ids']
   masked = masking.mask(ids, tok.word_start_V[ids], tok.special_V[ids],
                         kind=masking_cfg.kind, rate=masking_cfg.rate,
@@ -168,11 +169,9 @@ def _instances(config, workdir: str):
   tok, train_docs, eval_docs = _token_documents(config, workdir)
   train_table = instances.make_table(train_docs, tok, data_cfg, config.seed)
   eval_table = instances.make_table(eval_docs, tok, data_cfg, config.seed + 1)
-  counts = np.bincount(train_table['input_ids'][train_table['attention_mask'] > 0],
-                       minlength=tok.vocab_size)
-  counts[tok.special_V] = 0
   return (tok, instance_store.InMemoryInstances(train_table),
-          instance_store.InMemoryInstances(eval_table), int(counts.argmax()))
+          instance_store.InMemoryInstances(eval_table),
+          instances.most_frequent_token(train_table, tok))
 
 
 def train_iterator(data: PretrainData, workers: int):

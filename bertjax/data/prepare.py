@@ -187,10 +187,7 @@ def _write_instances(tokenized, tok, settings: dict, seed: int, directory: str) 
     entry['splits'][split] = dict(rows=len(table['input_ids']),
                                   shards=instance_store.write(table, directory, split))
     if split == 'train':
-      counts = np.bincount(table['input_ids'][table['attention_mask'] > 0],
-                           minlength=tok.vocab_size)
-      counts[tok.special_V] = 0
-      entry['most_frequent_token'] = int(counts.argmax())
+      entry['most_frequent_token'] = instances.most_frequent_token(table, tok)
   return entry
 
 
