@@ -2,10 +2,12 @@
 
 One CheckpointManager under `WORKDIR/checkpoints`; each step holds two items:
 `state` (step, params, optimizer state) and `data` (the grain iterator state), so a
-restored run continues with the very next batch. A checkpoint written by
-`bertjax import` holds a third kind of item alone, `params`: weights to start from. orbax writes each step into a
-temporary directory and renames it when complete, so a crash mid-save leaves the
-previous checkpoint as the latest.
+restored run continues with the very next batch. Fine-tuning, whose data order is a
+function of the step, saves `state` alone, and its best weights under `WORKDIR/best`.
+A checkpoint written by `bertjax import` holds a third kind of item alone, `params`:
+weights to start from. orbax writes each step into a temporary directory and
+renames it when complete, so a crash mid-save leaves the previous checkpoint as the
+latest.
 """
 from __future__ import annotations
 
@@ -19,24 +21,30 @@ import orbax.checkpoint as ocp
 from bertjax.errors import UserError
 
 
-def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
+def manager(workdir: str, *, keep: int, subdir: str = 'checkpoints') -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      os.path.join(os.path.abspath(workdir), subdir),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
       item_handlers=dict(state=ocp.StandardCheckpointHandler(),
                          params=ocp.StandardCheckpointHandler(),
                          data=grain.checkpoint.CheckpointHandler()))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
-  mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=grain.checkpoint.CheckpointSave(data_iterator)))
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator=None) -> None:
+  """Saves the state and, where the data order is not a function of the step alone
+  (pre-training's grain iterator), the iterator's position."""
+  items = dict(state=ocp.args.StandardSave(state))
+  if data_iterator is not None:
+    items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+  mngr.save(step, args=ocp.args.Composite(**items))
 
 
-def save_params(workdir: str, step: int, params) -> None:
-  """A params-only checkpoint: what `bertjax import` leaves for training to start from."""
-  with manager(workdir, keep=1) as mngr:
+def save_params(workdir: str, step: int, params, *, subdir: str = 'checkpoints') -> None:
+  """A params-only checkpoint: what `bertjax import` leaves for training to start
+  from, and fine-tuning's best weights (`subdir='best'`, replacing the previous)."""
+  with manager(workdir, keep=1, subdir=subdir) as mngr:
+    if step in mngr.all_steps():  # re-saving after a resume: same step, same weights
+      return
     mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
     mngr.wait_until_finished()
 
@@ -53,9 +61,10 @@ def _items(mngr: ocp.CheckpointManager, step: int) -> set[str]:
   return set(os.listdir(os.path.join(str(mngr.directory), str(step))))
 
 
-def restore_params(workdir: str, abstract_params, step: int | None = None):
+def restore_params(workdir: str, abstract_params, step: int | None = None, *,
+                   subdir: str = 'checkpoints'):
   """(step, params) from a workdir's checkpoint, full or params-only."""
-  with manager(workdir, keep=1 << 30) as mngr:
+  with manager(workdir, keep=1 << 30, subdir=subdir) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None or step not in mngr.all_steps():
       raise UserError(f'{workdir} has no checkpoint{"" if step is None else f" at step {step}"}'
@@ -80,7 +89,7 @@ def _match(reference, tree):
   return tree
 
 
-def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator, step=None):
+def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, step=None):
   """Restores `state` onto `abstract_state`'s shardings and rewinds the iterator.
 
   Returns the state; None when the workdir holds no checkpoint yet; for a
@@ -95,7 +104,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator, step=Non
   if 'params' in _items(mngr, step):
     return mngr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_state['params'])))
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=grain.checkpoint.CheckpointRestore(data_iterator)))
-  return restored['state']
+  items = dict(state=ocp.args.StandardRestore(abstract_state))
+  if data_iterator is not None:
+    items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+  return mngr.restore(step, args=ocp.args.Composite(**items))['state']

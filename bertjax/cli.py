@@ -13,7 +13,7 @@ def _config_from_args(config_spec: str, overrides: list[str]):
   return config_lib.apply_overrides(config, overrides)
 
 
-def _split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> list[str]:
+def split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> list[str]:
   """Keeps `--config.a.b=v` (or `--config.a.b v`) arguments; anything else is an error."""
   overrides, i = [], 0
   while i < len(unknown):
@@ -32,9 +32,26 @@ def _split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> lis
 
 def _train(args, overrides):
   config = _config_from_args(args.config, overrides)
-  from bertjax import distributed, train
+  from bertjax import distributed, finetune, train
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-  train.train_and_evaluate(config, args.workdir, profile=args.profile)
+  if finetune.is_finetune_config(config):
+    if args.profile:
+      raise UserError('--profile traces pre-training runs only')
+    finetune.finetune_and_evaluate(config, args.workdir)
+  else:
+    train.train_and_evaluate(config, args.workdir, profile=args.profile)
+
+
+def _compare(args, overrides):
+  config = _config_from_args(args.config, overrides)
+  from bertjax import compare
+  compare.compare(config, args.workdir, args.config)
+
+
+def _evaluate(args, overrides):
+  _no_overrides(overrides, 'evaluate')
+  from bertjax import evaluate
+  evaluate.evaluate_workdir(args.workdir, step=args.step, data=args.data)
 
 
 def _bench(args, overrides):
@@ -70,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='bertjax', description='Pre-train and fine-tune BERT in JAX.')
   commands = parser.add_subparsers(dest='command', required=True)
   train = commands.add_parser(
-      'train', help='pre-train (or resume) a model',
-      description='Train from an experiment file; extra --config.KEY=VALUE flags override it.')
+      'train', help='pre-train or fine-tune (or resume) a model',
+      description='Train from an experiment file (a config with a `task` group '
+      'fine-tunes); extra --config.KEY=VALUE flags override it.')
   train.add_argument('--config', required=True, help='experiments/FILE.py[:arg]')
   train.add_argument('--workdir', required=True, help='run directory; re-running resumes it')
   train.add_argument('--profile', action='store_true',
@@ -82,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
   multihost.add_argument('--num_processes', type=int)
   multihost.add_argument('--process_id', type=int)
   train.set_defaults(run=_train)
+
+  cmp = commands.add_parser(
+      'compare', help='pre-train one model per masking variant and report side by side',
+      description='Runs a masking sweep (e.g. experiments/masking_sweep.py): equal '
+      'budgets, held-out MLM both ways, downstream fine-tuning; writes WORKDIR/report.md, '
+      'report.csv and plots. Re-running resumes.')
+  cmp.add_argument('--config', required=True, help='experiments/FILE.py[:arg]')
+  cmp.add_argument('--workdir', required=True)
+  cmp.set_defaults(run=_compare)
+
+  ev = commands.add_parser(
+      'evaluate', help='print the metrics of a fine-tuned workdir',
+      description='Evaluates the best checkpoint of a fine-tuned workdir on its eval split.')
+  ev.add_argument('--workdir', required=True)
+  ev.add_argument('--step', type=int, default=None,
+                  help='evaluate this checkpoint of WORKDIR/checkpoints instead of the best')
+  ev.add_argument('--data', default=None,
+                  help='evaluate on this file (or tfds spec) instead of the task\'s eval split')
+  ev.set_defaults(run=_evaluate)
 
   imp = commands.add_parser('import', help='turn a Hugging Face BERT directory into a workdir')
   imp.add_argument('--format', choices=['hf'], default='hf')
@@ -120,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, unknown = parser.parse_known_args(argv)
-  overrides = _split_overrides(unknown, parser)
+  overrides = split_overrides(unknown, parser)
   try:
     args.run(args, overrides)
   except UserError as e:

@@ -52,6 +52,8 @@ def model_preset(name: str) -> ConfigDict:
       # Compute dtype; parameters, LayerNorm/softmax statistics and losses stay float32.
       dtype='float32',
       attention='xla',
+      # Run the layers as one lax.scan body: compile time independent of depth.
+      scan_layers=False,
   ))
 
 
@@ -125,11 +127,52 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   c.optim.eps = 1e-6
   c.optim.weight_decay = 0.01
   c.optim.warmup_steps = 10_000
+  c.optim.warmup_ratio = 0.0  # > 0: warm up over this fraction of the steps instead
   c.optim.decay = 'linear'
   c.optim.clip_norm = 1.0
   c.optim.layer_decay = 1.0  # < 1 scales layer i's rate by decay**(layers + 1 - depth)
 
   # Mesh axis sizes; -1 takes the devices left over. Logical->mesh rules: sharding.py.
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return c
+
+
+def finetune_defaults(kind: str) -> ConfigDict:
+  """Fine-tuning recipe (BERT's GLUE/SQuAD settings), unlocked for experiment files.
+
+  `kind` is 'classify', 'tag' or 'qa'; its module supplies the `task` group. The
+  architecture and tokenizer come from `init` (a bertjax workdir or a Hugging Face
+  directory), so `model` only keeps dropout, dtype and attention settings.
+  """
+  from bertjax.tasks import registry
+  c = ConfigDict()
+  c.seed = 0
+  c.init = ''  # required: the weights to fine-tune
+  c.model = model_preset('base')
+  c.task = registry.task_module(kind).task_config()
+  c.task.seq_len = 128
+  c.train = ConfigDict()
+  c.train.epochs = 3.0
+  c.train.steps = 0  # > 0 overrides epochs
+  c.train.batch_size = 32
+  c.train.log_every = 50
+  c.train.eval_every = 0  # steps between evaluations; 0: once an epoch
+  c.train.eval_batch_size = 64
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 1
+  c.train.grad_accum_steps = 1
+  c.optim = ConfigDict()
+  c.optim.name = 'adamw'
+  c.optim.learning_rate = 2e-5
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-6
+  c.optim.weight_decay = 0.01
+  c.optim.warmup_steps = 0
+  c.optim.warmup_ratio = 0.1
+  c.optim.decay = 'linear'
+  c.optim.clip_norm = 1.0
+  c.optim.layer_decay = 1.0
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c
 

@@ -19,6 +19,11 @@ OPTIMIZERS = ('adamw', 'lamb')
 
 def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
   peak, warmup = optim_cfg.learning_rate, optim_cfg.warmup_steps
+  # Fine-tuning recipes give warm-up as a fraction of the run; it wins when set.
+  if optim_cfg.get('warmup_ratio', 0.0):
+    if not 0.0 < optim_cfg.warmup_ratio <= 1.0:
+      raise UserError(f'optim.warmup_ratio {optim_cfg.warmup_ratio} must be in (0, 1]')
+    warmup = round(optim_cfg.warmup_ratio * total_steps)
   if optim_cfg.decay not in DECAYS:
     raise UserError(f'optim.decay {optim_cfg.decay!r} is unknown; choose one of {DECAYS}')
   warmup = min(warmup, total_steps)

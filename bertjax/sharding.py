@@ -121,3 +121,10 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding):
   """This process's rows of each array -> global jax.Arrays sharded over the batch."""
   return {k: jax.make_array_from_process_local_data(sharding, v)
           for k, v in local_batch.items()}
+
+
+def process_rows(features: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+  """This process's share of the global batch made of `rows` of `features`."""
+  per_process = len(rows) // jax.process_count()
+  start = jax.process_index() * per_process
+  return {k: v[rows[start:start + per_process]] for k, v in features.items()}

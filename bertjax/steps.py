@@ -1,7 +1,9 @@
-"""The jitted pieces of pre-training: state init, train step, eval step, shardings.
+"""The jitted pieces of training: state init, train step, eval step, shardings.
 
-`build(config, model_cfg, mesh, rules)` returns them as one `Steps`; train.py runs the
-loop, tests and benchmarks call the same functions. Params are sharded by their
+`build(config, model_cfg, mesh, rules, objective)` returns them as one `Steps`;
+train.py (pre-training) and finetune.py run the loops, tests and benchmarks call the
+same functions. An `Objective` says what is trained: the model, its loss as sums
+and the eval function (pre-training's by default). Params are sharded by their
 logical axis names, optimizer moments like their params, scalars replicated; the
 train step donates the old state (in-place update on device).
 """
@@ -20,19 +22,44 @@ from bertjax.errors import UserError
 from bertjax.tasks import pretrain
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A model and its loss, written as sums so micro-batches add up exactly."""
+  build_model: Callable[[Any], nnx.Module]          # key -> model
+  batch_sums: Callable[..., dict]                    # (model, batch, rngs) -> sums
+  batch_counts: Callable[[Any], dict]                # batch -> the loss's denominators
+  loss_from_sums: Callable[[dict, dict], Any]        # (sums, whole-batch counts) -> loss
+  metrics_from_sums: Callable[[dict], dict]          # sums -> logged train metrics
+  evaluate: Callable[[nnx.Module, Any], Any]         # (model, batch) -> eval outputs
+
+
+def pretraining(model_cfg) -> Objective:
+  return Objective(
+      build_model=lambda key: pretrain.build_model(model_cfg, key),
+      batch_sums=pretrain.batch_sums,
+      batch_counts=lambda b: dict(mlm_count=b['mlm_weights'].sum(),
+                                  nsp_count=(b['nsp_labels'] >= 0).sum()),
+      loss_from_sums=lambda sums, c: pretrain.loss_from_sums(sums, c['mlm_count'],
+                                                             c['nsp_count']),
+      metrics_from_sums=pretrain.metrics_from_sums,
+      evaluate=pretrain.batch_sums)
+
+
 @dataclasses.dataclass
 class Steps:
   init: Callable[[Any], Any]              # key -> state
   init_from_params: Callable[[Any], Any]  # params -> state with a fresh optimizer
   train_step: Callable[[Any, Any], Any]   # (state, batch) -> (state, metrics)
-  eval_step: Callable[[Any, Any], Any]    # (params, batch) -> sums
+  eval_step: Callable[[Any, Any], Any]    # (params, batch) -> objective.evaluate
   abstract_state: Any                     # ShapeDtypeStructs carrying their shardings
   state_sharding: Any
   batch_sharding: jax.sharding.NamedSharding
 
 
-def build(config, model_cfg, mesh, rules) -> Steps:
-  total_steps = config.train.steps
+def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
+          total_steps: int | None = None) -> Steps:
+  objective = objective or pretraining(model_cfg)
+  total_steps = total_steps or config.train.steps
   optimizer = optim.make_optimizer(config.optim, total_steps, model_cfg.num_layers)
   schedule = optim.learning_rate_schedule(config.optim, total_steps)
   base_key = jax.random.key(config.seed)
@@ -48,10 +75,10 @@ def build(config, model_cfg, mesh, rules) -> Steps:
                 opt_state=optimizer.init(params))
 
   def init(key):
-    return init_from_params(nnx.to_pure_dict(nnx.state(pretrain.build_model(model_cfg, key))))
+    return init_from_params(nnx.to_pure_dict(nnx.state(objective.build_model(key))))
 
   with sharding.activate(mesh, rules):
-    abstract_model = nnx.eval_shape(lambda: pretrain.build_model(model_cfg, base_key))
+    abstract_model = nnx.eval_shape(lambda: objective.build_model(base_key))
     params_sharding = nnx.to_pure_dict(
         sharding.param_shardings(nnx.state(abstract_model), mesh, rules))
     abstract_state = jax.eval_shape(init, base_key)
@@ -67,13 +94,13 @@ def build(config, model_cfg, mesh, rules) -> Steps:
   def train_step(state, batch):
     # Dropout derives from (seed, step): a resumed run draws the same masks.
     dropout_key = jax.random.fold_in(base_key, state['step'])
-    mlm_count, nsp_count = batch['mlm_weights'].sum(), (batch['nsp_labels'] >= 0).sum()
+    counts = objective.batch_counts(batch)
 
     def micro_grads(params, micro_batch, micro_index):
       def loss_fn(p):
         rngs = nnx.Rngs(dropout=jax.random.fold_in(dropout_key, micro_index))
-        sums = pretrain.batch_sums(nnx.merge(graphdef, p), micro_batch, rngs)
-        return pretrain.loss_from_sums(sums, mlm_count, nsp_count), sums
+        sums = objective.batch_sums(nnx.merge(graphdef, p), micro_batch, rngs)
+        return objective.loss_from_sums(sums, counts), sums
       return jax.grad(loss_fn, has_aux=True)(params)
 
     if accum == 1:
@@ -94,13 +121,13 @@ def build(config, model_cfg, mesh, rules) -> Steps:
 
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = pretrain.metrics_from_sums(sums)
+    metrics = objective.metrics_from_sums(sums)
     metrics.update(tokens=sums['tokens'], learning_rate=schedule(state['step']),
                    grad_norm=optax.tree.norm(grads))
     return dict(step=state['step'] + 1, params=params, opt_state=opt_state), metrics
 
   def eval_step(params, batch):
-    return pretrain.batch_sums(nnx.merge(graphdef, params), batch)
+    return objective.evaluate(nnx.merge(graphdef, params), batch)
 
   with sharding.activate(mesh, rules):
     abstract_with_sharding = jax.tree.map(

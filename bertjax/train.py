@@ -28,7 +28,7 @@ _FIXED_KEYS = (*(f'model.{k}' for k in _ARCHITECTURE), 'data.tokenizer', 'data.s
                'data.corpus', 'seed')
 
 
-def check_and_write_config(config, workdir: str) -> None:
+def check_and_write_config(config, workdir: str, fixed_keys=_FIXED_KEYS) -> None:
   """Writes the resolved config; refuses to resume with a different model or data.
 
   A workdir made by `bertjax import` fixes the architecture and tokenizer: the
@@ -48,7 +48,7 @@ def check_and_write_config(config, workdir: str) -> None:
                     'model with its tokenizer')
     new = json.loads(config_lib.to_json(config))
     started = os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
-    for key in _FIXED_KEYS if started else ():
+    for key in fixed_keys if started else ():
       a, b = old, new
       for part in key.split('.'):
         a, b = a.get(part), b.get(part)
@@ -169,7 +169,7 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
         jax.profiler.stop_trace()
         reporting.log(f'profile of steps {start + 3}-{done} in {workdir}/profile')
       if done % config.train.log_every == 0 or done == total_steps:
-        summary = _summarise(jax.device_get(pending), time.perf_counter() - last_time,
+        summary = summarise(jax.device_get(pending), time.perf_counter() - last_time,
                              done - last_step, step_flops, peak)
         if not np.isfinite(summary['loss']):
           mngr.wait_until_finished()
@@ -202,7 +202,7 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
   return results
 
 
-def _summarise(metrics_list, seconds: float, steps_done: int, step_flops: float,
+def summarise(metrics_list, seconds: float, steps_done: int, step_flops: float,
                peak: float | None) -> dict[str, float]:
   """Averages per-step metrics over a logging interval and adds throughput and MFU."""
   tokens = sum(float(m['tokens']) for m in metrics_list)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from bertjax import config_lib, train
+from bertjax import compare, config_lib, finetune, train
 from bertjax.errors import UserError
 
 from conftest import ROOT
@@ -13,18 +13,43 @@ from conftest import ROOT
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, 'experiments', '*.py')))
 
 
+def kind(config):
+  if 'variants' in config:
+    return 'sweep'
+  return 'finetune' if finetune.is_finetune_config(config) else 'pretrain'
+
+
 @pytest.mark.parametrize('path', EXPERIMENTS, ids=os.path.basename)
 def test_full_config_loads(path):
   config = config_lib.load_config(path)
-  assert config.train.steps > 0 and config.model.num_layers > 0
+  if kind(config) == 'sweep':
+    config = config.pretrain
+  assert config.model.num_layers > 0
+  assert config.train.steps > 0 or config.train.epochs > 0
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('pretrained'))
+  train.train_and_evaluate(
+      config_lib.load_config(os.path.join(ROOT, 'experiments', 'quickstart.py:local')), workdir)
+  return workdir
 
 
 @pytest.mark.parametrize('path', EXPERIMENTS, ids=os.path.basename)
-def test_local_variant_trains(path, tmp_path):
+def test_local_variant_trains(path, tmp_path, pretrained):
   config = config_lib.load_config(path + ':local')
+  if kind(config) == 'sweep':  # tests/test_compare.py runs a shrunken sweep
+    compare.validate(config)
+    return
   config_lib.apply_overrides(config, ['train.steps=2', 'train.log_every=1'])
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results['mlm_predictions'] > 0
+  if kind(config) == 'pretrain':
+    assert train.train_and_evaluate(config, str(tmp_path))['mlm_predictions'] > 0
+    return
+  config = config_lib.load_config(f'{path}:local,init={pretrained}')
+  config_lib.apply_overrides(config, ['train.steps=2', 'train.log_every=1'])
+  results = finetune.finetune_and_evaluate(config, str(tmp_path))
+  assert config.task.metric in results
 
 
 def test_phase_two_continues_from_phase_one(tmp_path):

@@ -25,13 +25,13 @@ from typing import Iterator
 
 from bertjax.errors import UserError
 
-_MEN = ('adam', 'boris', 'carlos', 'david', 'emil', 'felix', 'georg', 'hugo', 'ivan',
+MEN = ('adam', 'boris', 'carlos', 'david', 'emil', 'felix', 'georg', 'hugo', 'ivan',
         'jonas', 'karl', 'leon', 'marco', 'nils', 'oscar', 'pablo', 'rafael', 'simon',
         'tomas', 'viktor')
-_WOMEN = ('anna', 'bella', 'clara', 'dora', 'elena', 'frida', 'greta', 'hanna', 'ida',
+WOMEN = ('anna', 'bella', 'clara', 'dora', 'elena', 'frida', 'greta', 'hanna', 'ida',
           'julia', 'karin', 'lena', 'maria', 'nora', 'olga', 'paula', 'rosa', 'sofia',
           'tina', 'vera')
-_CITY_COUNTRY = {
+CITY_COUNTRY = {
     'paris': 'france', 'lyon': 'france', 'nice': 'france',
     'berlin': 'germany', 'munich': 'germany', 'hamburg': 'germany',
     'rome': 'italy', 'milan': 'italy', 'naples': 'italy',
@@ -41,7 +41,7 @@ _CITY_COUNTRY = {
     'vienna': 'austria', 'salzburg': 'austria',
     'athens': 'greece', 'sparta': 'greece',
 }
-_JOBS = ('baker', 'teacher', 'doctor', 'farmer', 'painter', 'pilot', 'singer', 'tailor',
+JOBS = ('baker', 'teacher', 'doctor', 'farmer', 'painter', 'pilot', 'singer', 'tailor',
          'sailor', 'writer', 'nurse', 'carpenter', 'gardener', 'lawyer', 'miller')
 _JOB_PLACE = {
     'baker': 'bakery', 'teacher': 'school', 'doctor': 'hospital', 'farmer': 'farm',
@@ -49,19 +49,19 @@ _JOB_PLACE = {
     'sailor': 'harbour', 'writer': 'library', 'nurse': 'hospital', 'carpenter': 'workshop',
     'gardener': 'park', 'lawyer': 'court', 'miller': 'mill',
 }
-_ANIMAL_HABIT = {
+ANIMAL_HABIT = {
     'dog': 'barks at the postman', 'cat': 'sleeps on the sofa',
     'bird': 'sings in the morning', 'horse': 'runs in the field',
     'fish': 'swims in a bowl', 'rabbit': 'eats carrots', 'parrot': 'repeats every word',
     'goat': 'climbs the rocks',
 }
 _COLOURS = ('red', 'green', 'blue', 'black', 'white', 'brown', 'grey', 'yellow')
-_PET_NAMES = ('max', 'bella', 'rocky', 'luna', 'pip', 'coco', 'tiger', 'snow', 'lucky',
+PET_NAMES = ('max', 'bella', 'rocky', 'luna', 'pip', 'coco', 'tiger', 'snow', 'lucky',
               'spot')
 _FOODS = ('bread', 'rice', 'soup', 'eggs', 'cheese', 'apples', 'porridge', 'fish')
-_DRINKS = ('tea', 'coffee', 'milk', 'juice', 'water', 'cocoa')
-_DAYS = ('monday', 'tuesday', 'wednesday', 'thursday', 'friday', 'saturday', 'sunday')
-_PLACES = ('market', 'river', 'church', 'museum', 'forest', 'beach', 'station', 'garden')
+DRINKS = ('tea', 'coffee', 'milk', 'juice', 'water', 'cocoa')
+DAYS = ('monday', 'tuesday', 'wednesday', 'thursday', 'friday', 'saturday', 'sunday')
+PLACES = ('market', 'river', 'church', 'museum', 'forest', 'beach', 'station', 'garden')
 _NUMBERS = ('one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine', 'ten',
             'eleven', 'twelve')
 _HOBBIES = ('chess', 'football', 'music', 'swimming', 'cooking', 'dancing', 'fishing',
@@ -70,33 +70,33 @@ _HOBBIES = ('chess', 'football', 'music', 'swimming', 'cooking', 'dancing', 'fis
 
 def _biography(rng: random.Random) -> list[str]:
   female = rng.random() < 0.5
-  name = rng.choice(_WOMEN if female else _MEN)
+  name = rng.choice(WOMEN if female else MEN)
   he, his = ('she', 'her') if female else ('he', 'his')
-  home, work_city = rng.sample(sorted(_CITY_COUNTRY), 2)
-  job = rng.choice(_JOBS)
-  animal = rng.choice(sorted(_ANIMAL_HABIT))
-  pet = rng.choice(_PET_NAMES)
+  home, work_city = rng.sample(sorted(CITY_COUNTRY), 2)
+  job = rng.choice(JOBS)
+  animal = rng.choice(sorted(ANIMAL_HABIT))
+  pet = rng.choice(PET_NAMES)
   day = rng.randrange(7)
   start = rng.randrange(len(_NUMBERS) - 4)
   count = _NUMBERS[start:start + rng.randint(3, 5)]
-  sibling = rng.choice(_MEN if rng.random() < 0.5 else _WOMEN)
+  sibling = rng.choice(MEN if rng.random() < 0.5 else WOMEN)
   middle = [
       f'{he} works as a {job} in {work_city} .',
       f'every day {he} goes to the {_JOB_PLACE[job]} where the {job} works .',
-      f'{work_city} is a city in {_CITY_COUNTRY[work_city]} .',
+      f'{work_city} is a city in {CITY_COUNTRY[work_city]} .',
       f'{name} has a {rng.choice(_COLOURS)} {animal} called {pet} .',
-      f'{pet} the {animal} {_ANIMAL_HABIT[animal]} .',
-      f'every morning {name} eats {rng.choice(_FOODS)} and drinks {rng.choice(_DRINKS)} .',
-      f'on {_DAYS[day]} {he} goes to the {rng.choice(_PLACES)} , and on '
-      f'{_DAYS[(day + 1) % 7]} {he} goes to the {rng.choice(_PLACES)} .',
+      f'{pet} the {animal} {ANIMAL_HABIT[animal]} .',
+      f'every morning {name} eats {rng.choice(_FOODS)} and drinks {rng.choice(DRINKS)} .',
+      f'on {DAYS[day]} {he} goes to the {rng.choice(PLACES)} , and on '
+      f'{DAYS[(day + 1) % 7]} {he} goes to the {rng.choice(PLACES)} .',
       f'{name} likes to count : {" ".join(count)} .',
       f'{his} favourite hobby is {rng.choice(_HOBBIES)} .',
       f'{name} has a sibling called {sibling} who also lives in {home} .',
   ]
   rng.shuffle(middle)
-  return ([f'{name} was born in {home} , a city in {_CITY_COUNTRY[home]} .']
+  return ([f'{name} was born in {home} , a city in {CITY_COUNTRY[home]} .']
           + middle[:rng.randint(6, len(middle))]
-          + [f'{name} is happy to live in {_CITY_COUNTRY[home]} .'])
+          + [f'{name} is happy to live in {CITY_COUNTRY[home]} .'])
 
 
 def embedded_documents(num_documents: int, seed: int = 0) -> list[list[str]]:
@@ -191,19 +191,18 @@ def _text_feature(features, name: str) -> str:
   return texts[0]
 
 
-def tfds_documents(spec: str) -> list[list[str]]:
-  """`NAME[/CONFIG][:SPLIT]` (default split: train) prepared as array_record under
-  TFDS_DATA_DIR, read as `tfds.data_source` reads it (builder, then
-  `as_data_source`) but never downloading: no TensorFlow, random access."""
+def open_tfds(spec: str, default_split: str = 'train'):
+  """(source, features, name, split) for `NAME[/CONFIG][:SPLIT]` prepared as
+  array_record under TFDS_DATA_DIR, opened as `tfds.data_source` opens it (builder,
+  then `as_data_source`) but never downloading: no TensorFlow, random access."""
   import tensorflow_datasets as tfds
-  import tqdm
   name, _, split = spec.partition(':')
-  split = split or 'train'
+  split = split or default_split
   data_dir = os.environ.get('TFDS_DATA_DIR') or None
   where = data_dir or '~/tensorflow_datasets (set TFDS_DATA_DIR to look elsewhere)'
   how = (f'prepare it first, e.g. `tfds build {name} --data_dir DIR '
          '--file_format=array_record` on a machine with its dependencies, then set '
-         'TFDS_DATA_DIR=DIR; or point the corpus at text files')
+         'TFDS_DATA_DIR=DIR; or use local files')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
@@ -221,19 +220,33 @@ def tfds_documents(spec: str) -> list[list[str]]:
   if split.split('[')[0] not in builder.info.splits:
     raise UserError(f'tfds dataset {name!r} has no split {split!r}; it has '
                     f'{sorted(builder.info.splits)}')
-  field = _text_feature(builder.info.features, name)
-  source = builder.as_data_source(split=split)
-  documents, chunk = [], 1024
-  with tqdm.tqdm(total=len(source), desc=f'reading {name}:{split}', unit='doc',
+  return builder.as_data_source(split=split), builder.info.features, name, split
+
+
+def tfds_examples(spec: str, default_split: str = 'train') -> Iterator[dict]:
+  """The examples of a prepared tfds split, in order, with a progress bar; text
+  features come as bytes (decode them)."""
+  import tqdm
+  source, _, name, split = open_tfds(spec, default_split)
+  chunk = 1024
+  with tqdm.tqdm(total=len(source), desc=f'reading {name}:{split}', unit='ex',
                  disable=None) as bar:
     for start in range(0, len(source), chunk):
       examples = source.__getitems__(range(start, min(start + chunk, len(source))))
-      for example in examples:
-        text = example[field]
-        sentences = split_sentences(text.decode('utf-8') if isinstance(text, bytes) else text)
-        if sentences:
-          documents.append(sentences)
+      yield from examples
       bar.update(len(examples))
+
+
+def tfds_documents(spec: str) -> list[list[str]]:
+  """A prepared tfds dataset's text feature as documents (see `open_tfds`)."""
+  _, features, name, split = open_tfds(spec)
+  field = _text_feature(features, name)
+  documents = []
+  for example in tfds_examples(spec):
+    text = example[field]
+    sentences = split_sentences(text.decode('utf-8') if isinstance(text, bytes) else text)
+    if sentences:
+      documents.append(sentences)
   if not documents:
     raise UserError(f'tfds dataset {name!r} split {split!r} holds no text')
   return documents

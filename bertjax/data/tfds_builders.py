@@ -12,14 +12,11 @@ files, not this module.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import glob
-import os
 
 import tensorflow_datasets as tfds
 
-from bertjax.data import corpus as corpus_lib
+from bertjax.data import corpus as corpus_lib, tsv
 from bertjax.errors import UserError
 
 _VERSION = tfds.core.Version('1.0.0')
@@ -122,42 +119,13 @@ class LocalTsv(_LocalBuilder):
       yield i, {'text_a': a, 'text_b': b, 'label': label}
 
   def _rows(self, split: str):
-    """(text_a, text_b, label) per data row; a short row or an absent column is a
-    UserError naming the file and the row."""
+    """(text_a, text_b, label) per data row (see `tsv.read_rows` for the errors)."""
     cfg = self.builder_config
-    paths = sorted(glob.glob(os.path.expanduser(cfg.files[split])))
-    if not paths:
-      raise UserError(f'TSV {cfg.files[split]!r} for split {split!r} matches no file')
-    for path in paths:
-      lines = corpus_lib.read_text(path).splitlines()
-      rows = csv.reader(lines, delimiter='\t', quoting=csv.QUOTE_NONE)
-      columns = _column_indices(cfg, next(rows, []) if cfg.header else None, path)
-      for row_number, row in enumerate(rows, start=2 if cfg.header else 1):
-        if not row:
-          continue
-        if len(row) <= max(columns.values()):
-          missing = [k for k, c in columns.items() if c >= len(row)]
-          raise UserError(f'{path}, row {row_number}: has {len(row)} column(s), no '
-                          f'{missing[0]} column; fix the row or the column settings')
-        yield (row[columns['text_a']],
-               row[columns['text_b']] if 'text_b' in columns else '',
-               row[columns['label']])
-
-
-def _column_indices(cfg: LocalTsvConfig, header: list[str] | None, path: str) -> dict:
-  wanted = {'text_a': cfg.text_a, 'label': cfg.label}
-  if cfg.text_b is not None:
-    wanted['text_b'] = cfg.text_b
-  if header is None:
-    bad = [f'{k}={v!r}' for k, v in wanted.items() if not isinstance(v, int)]
-    if bad:
-      raise UserError(f'{path} has no header, so columns must be 0-based indices ({bad[0]})')
-    return wanted
-  missing = [f'{k}={v!r}' for k, v in wanted.items() if v not in header]
-  if missing:
-    raise UserError(f'{path}, row 1 (header): no column {missing[0]}; the columns are '
-                    f'{header}')
-  return {k: header.index(v) for k, v in wanted.items()}
+    columns = {'text_a': cfg.text_a, 'label': cfg.label}
+    if cfg.text_b is not None:
+      columns['text_b'] = cfg.text_b
+    for _, _, row in tsv.read_rows(cfg.files[split], columns, header=cfg.header):
+      yield row['text_a'], row.get('text_b', ''), row['label']
 
 
 def build_tsv_dataset(files: dict[str, str], data_dir: str, *, name: str, text_a: str | int,

@@ -1,0 +1,145 @@
+"""Downstream tasks in the embedded corpus's invented world, written as real files.
+
+`task.train = 'embedded'` makes fine-tuning write these into WORKDIR/data and read
+them through the ordinary TSV / CoNLL / SQuAD-JSON readers, so the quickstart and
+the masking sweep have a downstream task with no download:
+- classify: the country of the city a sentence mentions. The eval sentences name
+  cities no training sentence does (one held out per country), so only an encoder
+  that learned which city lies where (from pre-training) can score above chance.
+- tag: PER / LOC / ORG entities (IOB2) in biography-style sentences.
+- qa: SQuAD-style questions on generated biographies (home town, job, pet's name).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from bertjax.data import corpus
+
+_SURNAMES = ('berg', 'costa', 'dietrich', 'ferrari', 'garcia', 'hansen', 'keller', 'lopez',
+             'moreau', 'novak', 'olsen', 'petit', 'rossi', 'silva', 'weber')
+_COMPANIES = (('north', 'bank'), ('blue', 'river', 'mills'), ('acme',), ('star', 'press'),
+              ('green', 'farms'), ('city', 'theatre'))
+_CLASSIFY_TEMPLATES = (
+    '{name} moved to {city} last year .',
+    'the {job} lives in {city} with a {animal} .',
+    'every {day} {name} takes the train to {city} .',
+    '{name} and {other} met in {city} .',
+    'in {city} the {job} opened a small {place} .',
+)
+
+
+def _held_out_cities() -> set[str]:
+  """One city per country, kept for evaluation only."""
+  seen, held = set(), set()
+  for city, country in sorted(corpus.CITY_COUNTRY.items()):
+    if country not in seen:
+      seen.add(country)
+      held.add(city)
+  return held
+
+
+def _write(path: str, text: str) -> None:
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def _name(rng: random.Random) -> str:
+  return rng.choice(corpus.MEN + corpus.WOMEN)
+
+
+def write_classify(directory: str, *, train_rows: int = 2000, eval_rows: int = 400,
+                   seed: int = 0) -> tuple[str, str]:
+  rng = random.Random(seed)
+  held = _held_out_cities()
+  paths = []
+  for split, n in (('train', train_rows), ('dev', eval_rows)):
+    cities = sorted(c for c in corpus.CITY_COUNTRY if (c in held) == (split == 'dev'))
+    lines = ['sentence\tlabel']
+    for _ in range(n):
+      city = rng.choice(cities)
+      sentence = rng.choice(_CLASSIFY_TEMPLATES).format(
+          name=_name(rng), other=_name(rng), city=city, job=rng.choice(corpus.JOBS),
+          animal=rng.choice(sorted(corpus.ANIMAL_HABIT)), day=rng.choice(corpus.DAYS),
+          place=rng.choice(corpus.PLACES))
+      lines.append(f'{sentence}\t{corpus.CITY_COUNTRY[city]}')
+    paths.append(os.path.join(directory, f'{split}.tsv'))
+    _write(paths[-1], '\n'.join(lines) + '\n')
+  return paths[0], paths[1]
+
+
+def _tagged_sentence(rng: random.Random) -> list[tuple[str, str]]:
+  person = [(_name(rng), 'B-PER')] + ([(rng.choice(_SURNAMES), 'I-PER')]
+                                      if rng.random() < 0.5 else [])
+  city = [(rng.choice(sorted(corpus.CITY_COUNTRY)), 'B-LOC')]
+  company = rng.choice(_COMPANIES)
+  org = [(w, 'B-ORG' if i == 0 else 'I-ORG') for i, w in enumerate(company)]
+  words = lambda text: [(w, 'O') for w in text.split()]  # noqa: E731
+  return rng.choice([
+      person + words('works for') + org + words('in') + city + words('.'),
+      words('in') + city + words(',') + person + words('met a') + [
+          (rng.choice(corpus.JOBS), 'O')] + words('.'),
+      org + words('opened an office in') + city + words('last') + [
+          (rng.choice(corpus.DAYS), 'O')] + words('.'),
+      person + words('was born in') + city + words(', a city in') + [
+          (corpus.CITY_COUNTRY[city[0][0]], 'B-LOC')] + words('.'),
+  ])
+
+
+def write_tag(directory: str, *, train_rows: int = 1000, eval_rows: int = 200,
+              seed: int = 0) -> tuple[str, str]:
+  rng = random.Random(seed)
+  paths = []
+  for split, n in (('train', train_rows), ('dev', eval_rows)):
+    blocks = ['-DOCSTART- -X- -X- O\n']
+    for _ in range(n):
+      blocks.append(''.join(f'{w} {t}\n' for w, t in _tagged_sentence(rng)))
+    paths.append(os.path.join(directory, f'{split}.conll'))
+    _write(paths[-1], '\n'.join(blocks))
+  return paths[0], paths[1]
+
+
+def _qa_paragraph(rng: random.Random, index: int) -> dict:
+  name = _name(rng)
+  home = rng.choice(sorted(corpus.CITY_COUNTRY))
+  job = rng.choice(corpus.JOBS)
+  pet, animal = rng.choice(corpus.PET_NAMES), rng.choice(sorted(corpus.ANIMAL_HABIT))
+  sentences = [f'{name} was born in {home} , a city in {corpus.CITY_COUNTRY[home]} .',
+               f'{name} works as a {job} .', f'{name} has a {animal} called {pet} .',
+               f'every morning {name} drinks {rng.choice(corpus.DRINKS)} .']
+  rng.shuffle(sentences)
+  context = ' '.join(sentences)
+  qas = []
+  for q, (question, answer, anchor) in enumerate((
+      (f'where was {name} born ?', home, f'born in {home}'),
+      (f'what does {name} work as ?', job, f'a {job} .'),
+      (f'what is the name of the {animal} ?', pet, f'called {pet}'))):
+    start = context.index(anchor) + anchor.index(answer)
+    qas.append(dict(id=f'{index}-{q}', question=question,
+                    answers=[dict(text=answer, answer_start=start)]))
+  return dict(context=context, qas=qas)
+
+
+def write_qa(directory: str, *, train_rows: int = 600, eval_rows: int = 100,
+             seed: int = 0) -> tuple[str, str]:
+  rng = random.Random(seed)
+  paths = []
+  for split, n in (('train', train_rows), ('dev', eval_rows)):
+    data = dict(version='1.1', data=[dict(title='embedded', paragraphs=[
+        _qa_paragraph(rng, i) for i in range(n)])])
+    paths.append(os.path.join(directory, f'{split}.json'))
+    _write(paths[-1], json.dumps(data))
+  return paths[0], paths[1]
+
+
+WRITERS = {'classify': write_classify, 'tag': write_tag, 'qa': write_qa}
+
+
+def materialize(task_cfg, directory: str, seed: int) -> None:
+  """Writes the embedded task of `task_cfg.kind` into `directory` and points
+  task.train / task.eval at the files."""
+  os.makedirs(directory, exist_ok=True)
+  train, dev = WRITERS[task_cfg.kind](directory, seed=seed)
+  task_cfg.train, task_cfg.eval = train, dev

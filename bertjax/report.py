@@ -1,0 +1,365 @@
+"""The report of a masking comparison: one table, three plots, a CSV.
+
+`bertjax compare` gathers one `VariantResult` per masking variant and calls
+`write_report`; this module only formats what it is given, so the numbers in the
+report are exactly the ones compare measured. Every file is written to a temporary
+name and renamed, so an interrupted report never leaves a half-written file behind.
+Plots are drawn on `matplotlib.figure.Figure` (Agg canvas, no pyplot), so no
+display is needed, no global backend is switched and importing this module stays
+cheap.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+
+_PLOTS = ('loss_curves.png', 'mlm_accuracy.png', 'downstream.png')
+
+
+@dataclasses.dataclass
+class VariantResult:
+  """What one variant achieved under the shared budget (see module docstring)."""
+  name: str
+  config_path: str  # 'experiments/masking_sweep.py:local'
+  config_hash: str  # 12 hex digits
+  mlm_accuracy_token: float  # held-out MLM accuracy under the common token masking
+  mlm_accuracy_own: float  # ... under the variant's own masking
+  downstream_metric_name: str
+  downstream: list[float]  # one value per fine-tuning seed; may be empty
+  tokens_per_sec: float
+  wall_seconds: float  # pre-training wall time
+  steps: int
+  tokens: int  # tokens seen in pre-training
+  loss_curve: list[tuple[int, float]]
+  pretrain_loss: float | None = None  # final; defaults to the curve's last value
+
+  @property
+  def final_loss(self) -> float | None:
+    if self.pretrain_loss is not None:
+      return self.pretrain_loss
+    return self.loss_curve[-1][1] if self.loss_curve else None
+
+
+def loss_curve_from_metrics(path: str) -> list[tuple[int, float]]:
+  """(step, loss) of the training lines of a metrics.jsonl, sorted by step.
+
+  A resumed run appends the steps after its last checkpoint again; the later line
+  wins, so the curve shows what the finished run actually did. A torn last line (a
+  run killed mid-write) is skipped; a malformed line elsewhere is an error.
+  """
+  with open(path, encoding='utf-8') as f:
+    lines = [line for line in f.read().splitlines() if line.strip()]
+  losses = {}
+  for i, line in enumerate(lines):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      if i == len(lines) - 1:
+        break
+      raise ValueError(f'{path}:{i + 1}: not a JSON line: {line[:80]!r}') from None
+    if 'loss' in record and not any(k.startswith('eval_') for k in record):
+      losses[int(record['step'])] = float(record['loss'])
+  return sorted(losses.items())
+
+
+def format_duration(seconds: float) -> str:
+  """'45s', '1m 23s', '2h 05m 09s'."""
+  s = int(round(seconds))
+  h, rem = divmod(s, 3600)
+  m, s = divmod(rem, 60)
+  if h:
+    return f'{h}h {m:02d}m {s:02d}s'
+  return f'{m}m {s:02d}s' if m else f'{s}s'
+
+
+def downstream_stats(values) -> tuple[float, float, int]:
+  """(mean, sample std, n); std is nan below two seeds and mean below one."""
+  n = len(values)
+  mean = statistics.fmean(values) if n else math.nan
+  std = statistics.stdev(values) if n > 1 else math.nan
+  return mean, std, n
+
+
+def budget_line(results) -> str:
+  """The shared budget, or a warning naming each variant's when they differ."""
+  steps = {r.steps for r in results}
+  tokens = {r.tokens for r in results}
+  if len(steps) == 1 and len(tokens) == 1:
+    return (f'Equal budget: every variant pre-trained for {steps.pop():,} steps '
+            f'and {tokens.pop():,} tokens.')
+  per = ', '.join(f'{r.name}: {r.steps:,} steps / {r.tokens:,} tokens' for r in results)
+  return f'WARNING: budgets differ, so the variants are not directly comparable ({per}).'
+
+
+def _metric_name(results) -> str:
+  names = {r.downstream_metric_name for r in results if r.downstream}
+  if len(names) > 1:
+    raise ValueError(f'variants report different downstream metrics: {sorted(names)}')
+  return names.pop() if names else (results[0].downstream_metric_name or 'downstream')
+
+
+def _accuracy(v: float) -> str:
+  return '—' if math.isnan(v) else f'{v:.4f}'
+
+
+def _downstream_cell(values) -> str:
+  mean, std, n = downstream_stats(values)
+  if n == 0:
+    return '—'
+  return f'{mean:.4f}' if n == 1 else f'{mean:.4f} ± {std:.4f} (n={n})'
+
+
+def _scored_columns(results):
+  """Columns compared across variants: (header, value, cell text, higher is better)."""
+  metric = _metric_name(results)
+  return [
+      ('MLM acc (token masking)', lambda r: r.mlm_accuracy_token,
+       lambda r: _accuracy(r.mlm_accuracy_token), True),
+      ('MLM acc (own masking)', lambda r: r.mlm_accuracy_own,
+       lambda r: _accuracy(r.mlm_accuracy_own), True),
+      (f'{metric} (mean ± std over seeds)', lambda r: downstream_stats(r.downstream)[0],
+       lambda r: _downstream_cell(r.downstream), True),
+      ('tokens/s', lambda r: r.tokens_per_sec, lambda r: f'{r.tokens_per_sec:,.0f}', True),
+      ('wall time', lambda r: r.wall_seconds, lambda r: format_duration(r.wall_seconds),
+       False),
+  ]
+
+
+def _best(values, higher: bool):
+  finite = [v for v in values if not math.isnan(v)]
+  if not finite:
+    return None
+  return max(finite) if higher else min(finite)
+
+
+def _rows(results, mark):
+  """Header and cells; `mark(text)` decorates the best cell of each scored column."""
+  columns = _scored_columns(results)
+  header = ['variant'] + [c[0] for c in columns] + ['config']
+  best = [_best([value(r) for r in results], higher) for _, value, _, higher in columns]
+  rows = []
+  for r in results:
+    cells = [r.name]
+    for (_, value, cell, _), b in zip(columns, best):
+      text = cell(r)
+      cells.append(mark(text) if b is not None and value(r) == b else text)
+    cells.append(f'{r.config_path} ({r.config_hash})')
+    rows.append(cells)
+  return header, rows
+
+
+def markdown_table(results) -> str:
+  """The report's table; the best value of each scored column is in bold."""
+  header, rows = _rows(results, lambda t: f'**{t}**')
+  aligns = [':---'] + ['---:'] * (len(header) - 2) + [':---']
+  lines = ['| ' + ' | '.join(cells) + ' |' for cells in [header, aligns] + rows]
+  return '\n'.join(lines)
+
+
+def format_table(results) -> str:
+  """The same table as aligned plain text for the terminal; '*' marks the best."""
+  header, rows = _rows(results, lambda t: t + ' *')
+  widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+
+  def line(cells):
+    out = []
+    for i, (cell, w) in enumerate(zip(cells, widths)):
+      numeric = 0 < i < len(cells) - 1
+      out.append(cell.rjust(w) if numeric else cell.ljust(w))
+    return '  '.join(out).rstrip()
+
+  rule = '  '.join('-' * w for w in widths)
+  return '\n'.join([line(header), rule] + [line(r) for r in rows] +
+                   ['* best in its column (wall time: lowest)'])
+
+
+_CSV_FIELDS = ('variant', 'config_path', 'config_hash', 'mlm_accuracy_token',
+               'mlm_accuracy_own', 'downstream_metric', 'downstream_mean',
+               'downstream_std', 'downstream_n', 'downstream_values', 'tokens_per_sec',
+               'wall_seconds', 'steps', 'tokens', 'pretrain_loss')
+
+
+def _csv_text(results) -> str:
+  """Raw numbers (repr round-trips floats exactly); undefined ones are empty."""
+  def num(v):
+    return '' if v is None or math.isnan(v) else repr(float(v))
+
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, lineterminator='\n')
+  writer.writeheader()
+  for r in results:
+    mean, std, n = downstream_stats(r.downstream)
+    writer.writerow(dict(
+        variant=r.name, config_path=r.config_path, config_hash=r.config_hash,
+        mlm_accuracy_token=num(r.mlm_accuracy_token), mlm_accuracy_own=num(r.mlm_accuracy_own),
+        downstream_metric=r.downstream_metric_name, downstream_mean=num(mean),
+        downstream_std=num(std), downstream_n=n,
+        downstream_values=';'.join(repr(float(v)) for v in r.downstream),
+        tokens_per_sec=num(r.tokens_per_sec), wall_seconds=num(r.wall_seconds),
+        steps=r.steps, tokens=r.tokens, pretrain_loss=num(r.final_loss)))
+  return buf.getvalue()
+
+
+def _replace_text(path: str, text: str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8', newline='') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _save(fig, path: str) -> None:
+  tmp = path + '.tmp'
+  fig.savefig(tmp, format='png', dpi=120, bbox_inches='tight')
+  os.replace(tmp, path)
+
+
+def _smooth(values) -> list[float]:
+  """Centred moving average over ~2% of the points: unlike an EMA it does not lag, so
+  the smoothed curve ends at the level the run actually reached."""
+  half = len(values) // 100
+  out = []
+  for i in range(len(values)):
+    window = values[max(0, i - half):i + half + 1]
+    out.append(sum(window) / len(window))
+  return out
+
+
+def _no_data(ax, what: str) -> None:
+  ax.text(0.5, 0.5, f'no {what}', ha='center', va='center', transform=ax.transAxes,
+          color='gray')
+
+
+def _plot_loss(results, path: str) -> None:
+  """Raw losses faint, smoothed solid in the same colour (long curves are noisy)."""
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(8, 5))
+  ax = fig.add_subplot()
+  plotted = False
+  for i, r in enumerate(results):
+    if not r.loss_curve:
+      continue
+    steps, losses = zip(*r.loss_curve)
+    color = f'C{i}'
+    ax.plot(steps, losses, color=color, alpha=0.25, linewidth=1)
+    ax.plot(steps, _smooth(losses), color=color, linewidth=2, label=r.name)
+    plotted = True
+  if plotted:
+    ax.legend(title='variant')
+  else:
+    _no_data(ax, 'training-loss lines')
+  ax.set_xlabel('step')
+  ax.set_ylabel('training loss')
+  ax.set_title('Pre-training loss (faint: raw, solid: centred moving average)')
+  ax.grid(alpha=0.3)
+  _save(fig, path)
+
+
+def _zoom(ax, lows, highs) -> None:
+  """Zoom the y-axis onto the data: differences of a point would be invisible from 0.
+  Every bar is labelled with its value, so the cut axis cannot mislead."""
+  lo, hi = min(lows), max(highs)
+  pad = max(hi - lo, abs(hi) * 0.01, 1e-3) * 0.3
+  ax.set_ylim(lo - pad, hi + pad)
+
+
+def _plot_mlm(results, path: str) -> None:
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(8, 5))
+  ax = fig.add_subplot()
+  width = 0.38
+  values = []
+  for j, (label, attr) in enumerate([('token masking', 'mlm_accuracy_token'),
+                                     ('own masking', 'mlm_accuracy_own')]):
+    xs = [i + (j - 0.5) * width for i in range(len(results))]
+    ys = [getattr(r, attr) for r in results]
+    bars = ax.bar(xs, ys, width, label=label, color=f'C{j}')
+    ax.bar_label(bars, labels=['' if math.isnan(y) else f'{y:.3f}' for y in ys],
+                 fontsize=8, padding=2)
+    values += [y for y in ys if not math.isnan(y)]
+  if values:
+    _zoom(ax, values, values)
+  else:
+    _no_data(ax, 'MLM evaluations')
+  ax.set_xticks(range(len(results)), [r.name for r in results])
+  ax.set_xlabel('variant')
+  ax.set_ylabel('held-out MLM accuracy')
+  ax.set_title('Held-out MLM accuracy (token masking is common to all variants)')
+  ax.legend(title='evaluated under')
+  ax.grid(axis='y', alpha=0.3)
+  _save(fig, path)
+
+
+def _plot_downstream(results, path: str) -> None:
+  """Mean bars, std error bars and every seed as a dot, so n and spread are visible."""
+  from matplotlib.figure import Figure
+  metric = _metric_name(results)
+  fig = Figure(figsize=(8, 5))
+  ax = fig.add_subplot()
+  lows, highs = [], []
+  for i, r in enumerate(results):
+    mean, std, n = downstream_stats(r.downstream)
+    if n == 0:
+      ax.annotate('no runs', (i, 0), xycoords=('data', 'axes fraction'), xytext=(0, 8),
+                  textcoords='offset points', ha='center', color='gray')
+      continue
+    err = std if n > 1 else None
+    ax.bar(i, mean, 0.6, yerr=err, capsize=6, color=f'C{i}', alpha=0.75)
+    offsets = [0.0] if n == 1 else [-0.15 + 0.3 * k / (n - 1) for k in range(n)]
+    ax.scatter([i + o for o in offsets], r.downstream, color='black', s=14, zorder=3,
+               label='seeds' if not lows else None)
+    top = max(mean + (err or 0.0), *r.downstream)
+    label = f'{mean:.4f}' if n == 1 else f'{mean:.4f} ± {std:.4f}'
+    ax.annotate(label, (i, top), xytext=(0, 4), textcoords='offset points', ha='center',
+                fontsize=8)
+    lows += [mean - (err or 0.0), *r.downstream]
+    highs.append(top)
+  if lows:
+    _zoom(ax, lows, highs)
+    ax.legend()
+  else:
+    _no_data(ax, 'downstream results')
+  ax.set_xlim(-0.5, len(results) - 0.5)  # keeps variants without runs in view
+  ax.set_xticks(range(len(results)), [r.name for r in results])
+  ax.set_xlabel('variant')
+  ax.set_ylabel(metric)
+  ax.set_title(f'Downstream {metric}: mean ± std over fine-tuning seeds, dots = seeds')
+  ax.grid(axis='y', alpha=0.3)
+  _save(fig, path)
+
+
+def write_report(results: list[VariantResult], out_dir: str, *, title: str,
+                 notes: Sequence[str] = ()) -> dict:
+  """Writes report.md, report.csv and the three PNGs into `out_dir`; returns their paths."""
+  if not results:
+    raise ValueError('no variant results to report')
+  table = markdown_table(results)  # first: it rejects mixed downstream metrics
+  os.makedirs(out_dir, exist_ok=True)
+  plots = [os.path.join(out_dir, name) for name in _PLOTS]
+  for draw, path in zip((_plot_loss, _plot_mlm, _plot_downstream), plots):
+    draw(results, path)
+  lines = [
+      f'# {title}', '',
+      budget_line(results), '',
+      table, '',
+      'MLM accuracy is measured on held-out data. Token masking is the same for every '
+      'variant, so that column compares them; own masking uses each variant\'s '
+      'pre-training masking and is not comparable across variants. Downstream: mean ± '
+      'sample std over n fine-tuning seeds. Bold: best in its column (wall time: lowest).',
+      '',
+      '![Pre-training loss](loss_curves.png)', '',
+      '![Held-out MLM accuracy](mlm_accuracy.png)', '',
+      '![Downstream metric](downstream.png)', '',
+  ]
+  if notes:
+    lines += ['## Notes', ''] + [f'- {note}' for note in notes] + ['']
+  markdown = os.path.join(out_dir, 'report.md')
+  csv_path = os.path.join(out_dir, 'report.csv')
+  _replace_text(markdown, '\n'.join(lines))
+  _replace_text(csv_path, _csv_text(results))
+  return {'markdown': markdown, 'csv': csv_path, 'plots': plots}
