@@ -42,7 +42,7 @@ def task_config() -> ml_collections.ConfigDict:
       kind='classify',
       train='',  # a TSV path/glob, or tfds:glue/NAME:train
       eval='',   # e.g. dev.tsv, or tfds:glue/NAME:validation
-      text_columns=('sentence',),  # one or two; 0-based ints when header=False
+      text_columns=('sentence',),  # one or two; 0-based indices ('0') when header=False
       label_column='label',
       header=True,
       labels=(),  # label names in id order; empty: the training file's, sorted
@@ -77,11 +77,16 @@ def _text(value) -> str:
   return value.decode('utf-8') if isinstance(value, bytes) else str(value)
 
 
+def _column(name, header: bool):
+  """Without a header, columns are 0-based indices (ints, or digits as text)."""
+  return int(name) if not header and str(name).isdigit() else name
+
+
 def _tsv_rows(task_cfg, pattern: str):
-  columns = list(task_cfg.text_columns)
+  columns = [_column(c, task_cfg.header) for c in task_cfg.text_columns]
   if not 1 <= len(columns) <= 2:
     raise UserError(f'task.text_columns must name one or two columns, got {columns}')
-  wanted = {'text_a': columns[0], 'label': task_cfg.label_column}
+  wanted = {'text_a': columns[0], 'label': _column(task_cfg.label_column, task_cfg.header)}
   if len(columns) == 2:
     wanted['text_b'] = columns[1]
   for path, row_number, row in tsv.read_rows(pattern, wanted, header=task_cfg.header):
