@@ -2,6 +2,7 @@
 
 bertjax bench --config experiments/bench.py:model=small,batch=32,seq_len=128
 bertjax bench --config experiments/bench.py:model=base,batch=256,dtype=bfloat16,attention=cudnn
+bertjax bench --config experiments/bench.py:model=large,batch=8,scan   # layers as one scan
 bertjax bench --config experiments/bench.py:local   # seconds, for tests
 """
 from bertjax import config_lib
@@ -9,9 +10,9 @@ from bertjax import config_lib
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, model='small', batch=32, seq_len=128, dtype='float32',
-                           attention='xla', rate=0.15, local=False)
+                           attention='xla', rate=0.15, scan=False, local=False)
   c = config_lib.pretrain_defaults(model=a.model)
-  c.model.dtype, c.model.attention = a.dtype, a.attention
+  c.model.dtype, c.model.attention, c.model.scan_layers = a.dtype, a.attention, a.scan
   if a.attention != 'xla':  # the fused kernels have no attention-probability dropout
     c.model.attention_dropout_rate = 0.0
   c.train.batch_size, c.data.seq_len = a.batch, a.seq_len

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from bertjax import config_lib, flops
+from bertjax import config_lib, flax_peer, flops
 from bertjax.cli import main
 
 from conftest import ROOT
@@ -31,13 +31,27 @@ def test_flops_match_design_figures():
     assert got == pytest.approx(want, rel=0.02)
 
 
-def test_peers_side_by_side(capsys):
+def test_peers_side_by_side(capsys, tmp_path, monkeypatch):
   pytest.importorskip('torch')
   pytest.importorskip('transformers')
   from bertjax import peers
+  monkeypatch.setenv(flax_peer.DIR_ENV, str(tmp_path))  # no transformers 4.x there
   config = config_lib.load_config(BENCH + ':local')
   config_lib.apply_overrides(config, ['mesh.data=1'])
   rows = peers.compare(config, rounds=1, steps_per_round=1, with_compile=False)
-  assert [r['system'] for r in rows] == ['bertjax', 'transformers (PyTorch eager, SDPA)']
+  assert [r['system'] for r in rows] == ['bertjax', peers.TORCH_EAGER, peers.FLAX]
   assert rows[0]['ratio_to_bertjax'] == 1.0 and rows[1]['tokens_per_sec'] > 0
-  assert 'bertjax / fastest peer' in peers.format_table(rows)
+  assert rows[2]['tokens_per_sec'] is None and 'pip install --target' in rows[2]['skipped']
+  table = peers.format_table(rows)
+  assert 'bertjax / fastest peer' in table and 'skipped: transformers 4.x not installed' in table
+
+
+@pytest.mark.skipif(not flax_peer.installed(), reason='no transformers 4.x for the Flax peer')
+def test_flax_peer_trains_in_its_subprocess():
+  from bertjax import peers
+  config = config_lib.load_config(BENCH + ':local')
+  run = peers._flax_runner(config)
+  try:
+    run(1)  # a step after compile and warm-up, answered over the pipe
+  finally:
+    run.close()

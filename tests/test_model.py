@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,6 +7,7 @@ import pytest
 from flax import nnx
 
 from bertjax import config_lib, sharding
+from bertjax.models import layers
 from bertjax.models.bert import BertConfig, BertModel
 from bertjax.models.heads import BertForPreTraining
 
@@ -77,3 +80,43 @@ def test_logical_rules_use_each_mesh_axis_once():
       jax.sharding.PartitionSpec(('data', 'fsdp'), None, None)
   assert sharding.logical_to_spec(('embed', 'heads', 'kv'), rules) == \
       jax.sharding.PartitionSpec('fsdp', 'tensor', None)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_scanned_layers_equal_unrolled_with_the_same_parameter_tree(train):
+  unrolled = BertForPreTraining(CFG, rngs=nnx.Rngs(0))
+  scanned = BertForPreTraining(dataclasses.replace(CFG, scan_layers=True), rngs=nnx.Rngs(0))
+  params = nnx.to_pure_dict(nnx.state(unrolled))
+  # Checkpoints, HF export and sharding rules see one subtree per layer either way.
+  assert jax.tree.structure(nnx.to_pure_dict(nnx.state(scanned))) == jax.tree.structure(params)
+  assert set(params['bert']['layers']) == {0, 1}
+  ids = jnp.arange(2 * 16).reshape(2, 16) % CFG.vocab_size
+  positions = jnp.array([[1, 3, 5], [2, 4, 0]])
+
+  def loss(model):
+    rngs = nnx.Rngs(dropout=7) if train else None  # same dropout masks in both
+    mlm, nsp = model(ids, jnp.zeros_like(ids), jnp.ones_like(ids), positions, rngs=rngs)
+    return (mlm ** 2).mean() + (nsp ** 2).mean(), mlm
+
+  (want, want_mlm), want_grads = jax.jit(nnx.value_and_grad(loss, has_aux=True))(unrolled)
+  (got, got_mlm), got_grads = jax.jit(nnx.value_and_grad(loss, has_aux=True))(scanned)
+  np.testing.assert_allclose(got_mlm, want_mlm, atol=1e-5)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  for (path, a), (_, b) in zip(nnx.to_flat_state(want_grads), nnx.to_flat_state(got_grads)):
+    np.testing.assert_allclose(b[...], a[...], atol=1e-5, err_msg=str(path))
+
+
+def test_dropout_mask_rate_determinism_and_odd_shapes():
+  key = jax.random.key(3)
+  mask = layers.keep_mask(key, 0.1, (16, 8, 128, 128))
+  assert mask.dtype == jnp.bool_ and abs(float(mask.mean()) - 0.9) < 1e-3
+  np.testing.assert_array_equal(mask, layers.keep_mask(key, 0.1, (16, 8, 128, 128)))
+  assert float((mask != layers.keep_mask(jax.random.key(4), 0.1, mask.shape)).mean()) > 0.1
+  # Rows and the four 16-bit draws of a block are not copies of each other.
+  assert float((mask[0] != mask[1]).mean()) > 0.1
+  assert float((mask[..., :32] != mask[..., 32:64]).mean()) > 0.1
+  odd = layers.keep_mask(key, 0.5, (3, 7))
+  assert odd.shape == (3, 7) and 0 < float(odd.mean()) < 1
+  x = jnp.ones((64, 512))
+  y = layers.dropout(x, 0.25, nnx.Rngs(dropout=0))
+  np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 1 / 0.75], rtol=1e-6)

@@ -31,6 +31,9 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   dtype: str = 'float32'
   attention: str = 'xla'
+  # Run the layers as one lax.scan body (compile time independent of depth); the
+  # parameters stay one subtree per layer either way.
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.attention not in attention.IMPLEMENTATIONS:
@@ -119,12 +122,15 @@ class EncoderLayer(nnx.Module):
     attn_BLD = layers.dropout(self.attention(x_BLD, attention_mask_BL, rngs),
                               self.dropout_rate, rngs)
     x_BLD = self.attention_layer_norm(x_BLD + attn_BLD)
-    # Exact (erf) GELU, as BERT's hidden_act='gelu'.
-    h_BLF = jax.nn.gelu(self.intermediate(x_BLD), approximate=False)
+    h_BLF = layers.gelu(self.intermediate(x_BLD))
     h_BLF = layers.constrain(h_BLF, ('batch', 'length', 'mlp'))
     ffn_BLD = layers.dropout(self.output(h_BLF), self.dropout_rate, rngs)
     x_BLD = self.output_layer_norm(x_BLD + ffn_BLD)
     return layers.constrain(x_BLD, ('batch', 'length', 'embed'))
+
+
+def _dropout_rngs(key):
+  return None if key is None else nnx.Rngs(dropout=key)
 
 
 class BertModel(nnx.Module):
@@ -153,7 +159,31 @@ class BertModel(nnx.Module):
       position_ids_BL = jnp.broadcast_to(jnp.arange(length), (batch, length))
     x_BLD = self.embeddings(input_ids_BL, token_type_ids_BL, position_ids_BL, rngs)
     x_BLD = layers.constrain(x_BLD, ('batch', 'length', 'embed'))
-    for layer in self.layers:
-      x_BLD = layer(x_BLD, attention_mask_BL, rngs)
+    # One dropout key per layer, so the scanned and unrolled encoders draw alike.
+    keys = None if rngs is None else jax.random.split(rngs.dropout(), len(self.layers))
+    if self.config.scan_layers:
+      x_BLD = self._scan(x_BLD, attention_mask_BL, keys)
+    else:
+      for i, layer in enumerate(self.layers):
+        key = None if keys is None else keys[i]
+        x_BLD = layer(x_BLD, attention_mask_BL, _dropout_rngs(key))
     pooled_BD = jnp.tanh(self.pooler(x_BLD[:, 0])) if self.pooler is not None else None
     return x_BLD, pooled_BD
+
+  def _scan(self, x_BLD, attention_mask_BL, keys):
+    """The layers as one scan body over their weights, stacked here (traced once).
+
+    Stacking inside the forward keeps the parameter tree per layer (checkpoints,
+    `transformers` export and sharding rules are the unscanned ones); the gradient
+    of the stack hands each layer its slice. Costs one copy of the encoder weights
+    per step.
+    """
+    graphdef = nnx.graphdef(self.layers[0])
+    stacked = jax.tree.map(lambda *ws: jnp.stack(ws), *(nnx.state(l) for l in self.layers))
+
+    def body(x_BLD, weights_and_key):
+      weights, key = weights_and_key
+      layer = nnx.merge(graphdef, weights)
+      return layer(x_BLD, attention_mask_BL, _dropout_rngs(key)), None
+
+    return jax.lax.scan(body, x_BLD, (stacked, keys))[0]

@@ -30,7 +30,7 @@ class MaskedLMHead(nnx.Module):
     self.bias = layers.param(rngs, nnx.initializers.zeros, (cfg.vocab_size,), ('vocab',))
 
   def __call__(self, x_BPD, word_embeddings: layers.Embed):
-    h_BPD = jax.nn.gelu(self.transform(x_BPD), approximate=False)
+    h_BPD = layers.gelu(self.transform(x_BPD))
     h_BPD = self.layer_norm(h_BPD)
     logits_BPV = word_embeddings.attend(h_BPD) + self.bias[...].astype(h_BPD.dtype)
     return logits_BPV.astype(jnp.float32)
