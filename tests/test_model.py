@@ -21,13 +21,13 @@ def model():
 
 
 def test_presets_have_the_published_sizes():
-  for name, (layers, hidden, heads) in {'tiny': (2, 128, 2), 'mini': (4, 256, 4),
+  for name, (depth, hidden, heads) in {'tiny': (2, 128, 2), 'mini': (4, 256, 4),
                                         'small': (4, 512, 8), 'medium': (8, 512, 8),
                                         'base': (12, 768, 12),
                                         'large': (24, 1024, 16)}.items():
     p = config_lib.model_preset(name)
     assert (p.num_layers, p.hidden_size, p.num_heads, p.intermediate_size) == (
-        layers, hidden, heads, 4 * hidden)
+        depth, hidden, heads, 4 * hidden)
   base = BertForPreTraining(BertConfig.from_dict(
       {**config_lib.model_preset('base').to_dict(), 'vocab_size': 30522}), rngs=nnx.Rngs(0))
   n = sum(x.size for x in jax.tree.leaves(nnx.state(nnx.eval_shape(lambda: base))))

@@ -10,7 +10,6 @@ max_predictions, so shapes stay static and the V-wide matmul costs P, not L, row
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
