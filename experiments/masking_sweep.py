@@ -7,8 +7,8 @@ plots; re-running resumes.
 bertjax compare --config experiments/masking_sweep.py --workdir runs/sweep \
     --config.pretrain.data.corpus='/data/wiki/*.txt'
 bertjax compare --config experiments/masking_sweep.py:local --workdir /tmp/sweep
-  (:local: a tiny BERT on the embedded corpus, the embedded country task downstream;
-   under 15 minutes on 2 CPU cores)
+  (:local: a tiny BERT on the embedded corpus, embedded QA downstream; about 10
+   minutes on 2 CPU cores)
 """
 import os
 
@@ -33,19 +33,21 @@ def get_config(arg=None):
   c.downstream_seeds = (0, 1, 2)
   if a.local:
     c.title += ' (local: tiny BERT, embedded corpus)'
-    c.notes = ('Downstream: the country of a city named in a sentence; evaluation '
-               'sentences name cities no fine-tuning sentence does, so the score '
-               'measures what pre-training taught the encoder about the world.',)
+    c.notes = ('Downstream: extractive QA on generated biographies (home town, job, '
+               "pet's name), one epoch, so the score shows how quickly each encoder "
+               'learns to read a paragraph for an answer span.',)
     p = config_lib.load_config(os.path.join(os.path.dirname(__file__), 'quickstart.py'))
     # The quickstart's 600 steps at half its batch: four variants fit the budget.
     p.train.batch_size, p.train.checkpoint_every = 32, 200
     p.train.log_every, p.train.eval_batches = 25, 20
     c.pretrain = p
-    d = c.downstream
+    # A generated country-of-a-held-out-city classification did not transfer
+    # from an encoder this small (chance for every variant); reading for answer
+    # spans does, and separates the variants after one epoch.
+    d = c.downstream = config_lib.finetune_defaults('qa')
     d.task.train = d.task.eval = 'embedded'
-    d.task.seq_len = 32
-    d.train.epochs, d.train.batch_size, d.train.log_every = 1.0, 32, 20
-    d.train.eval_batch_size = 200
-    d.optim.learning_rate = 2e-4
+    d.task.seq_len, d.task.doc_stride, d.task.max_query_length = 64, 32, 16
+    d.train.epochs, d.train.batch_size, d.train.log_every = 1.0, 32, 10
+    d.optim.learning_rate = 1e-3
     c.downstream_seeds = (0, 1)
   return c
