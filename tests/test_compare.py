@@ -61,8 +61,9 @@ def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys):
       compare_line['compare_mlm_accuracy_token_masking'])
   assert float(rows['span']['mlm_accuracy_own']) == pytest.approx(
       [r for r in logged if 'eval_mlm_accuracy' in r][-1]['eval_mlm_accuracy'])
+  metric = config_lib.load_config(SWEEP + ':local').downstream.task.metric
   with open(os.path.join(workdir, 'span', 'downstream_0', 'best.json')) as f:
-    best = json.load(f)['metrics']['accuracy']
+    best = json.load(f)['metrics'][metric]
   assert float(rows['span']['downstream_mean']) == pytest.approx(best)
   expected_hash = config_lib.config_hash(compare.variant_config(
       config_lib.apply_overrides(config_lib.load_config(SWEEP + ':local'), SHRINK), 'span'))
