@@ -55,6 +55,13 @@ def _evaluate(args, overrides):
 
 
 def _bench(args, overrides):
+  if args.suite:
+    if args.peers or args.data:
+      raise UserError('--suite takes its peers from the suite file; drop --peers and --data')
+    from bertjax import bench_suite
+    bench_suite.run(args.suite, overrides, steps_to_time=args.steps, rounds=args.rounds,
+                    as_json=args.json)
+    return
   config = _config_from_args(args.config, overrides)
   from bertjax import bench
   if args.peers:
@@ -137,16 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
   bench = commands.add_parser(
       'bench', help='measure train-step throughput (and MFU) of a config',
       description='Times the jitted train step on synthetic batches shaped like the config.')
-  bench.add_argument('--config', required=True, help='experiments/FILE.py[:arg]')
-  bench.add_argument('--steps', type=int, default=20, help='timed steps after warm-up')
-  bench.add_argument('--json', action='store_true', help='one JSON object instead of a table')
+  what = bench.add_mutually_exclusive_group(required=True)
+  what.add_argument('--config', help='experiments/FILE.py[:arg]')
+  what.add_argument('--suite', metavar='FILE.py:NAME',
+                    help="the file's get_suite(NAME): several configs in one run, each "
+                    'judged against its targets (e.g. experiments/bench.py:h200)')
+  bench.add_argument('--steps', type=int, default=20, help='timed steps after warm-up (with peers: steps a round)')
+  bench.add_argument('--json', action='store_true', help='JSON instead of a table')
   bench.add_argument('--data', metavar='WORKDIR',
                      help='also measure padding efficiency of the real input (builds the '
                      'tokenizer into WORKDIR)')
   bench.add_argument('--peers', action='store_true',
                      help='also run transformers (PyTorch eager, torch.compile) on the same '
                      'shapes, interleaved, and print the ratios')
-  bench.add_argument('--rounds', type=int, default=5, help='interleaved rounds with --peers')
+  bench.add_argument('--rounds', type=int, default=5, help='interleaved rounds beside the peers')
   bench.set_defaults(run=_bench)
 
   from bertjax.data_cli import add_data_commands

@@ -233,19 +233,25 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
   return ConfigDict(parsed)
 
 
-def load_config(spec: str) -> ConfigDict:
-  """Imports `path.py[:arg]` and returns its locked `get_config(arg)`."""
+def load_experiment(spec: str, function: str = 'get_config', flag: str = '--config'):
+  """Imports the file of `path.py[:arg]`; returns its `function` and the arg (or None)."""
   path, _, arg = spec.partition(':')
   if not os.path.isfile(path):
-    raise UserError(f'config file {path!r} not found; pass --config experiments/NAME.py[:arg]')
+    raise UserError(f'config file {path!r} not found; pass {flag} experiments/NAME.py[:arg]')
   module_spec = importlib.util.spec_from_file_location('bertjax_experiment', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise UserError(f'config file {path!r} defines no get_config(arg=None)')
-  config = module.get_config(arg or None)
+  if not hasattr(module, function):
+    raise UserError(f'config file {path!r} defines no {function}(arg=None)')
+  return getattr(module, function), arg or None
+
+
+def load_config(spec: str) -> ConfigDict:
+  """Imports `path.py[:arg]` and returns its locked `get_config(arg)`."""
+  get_config, arg = load_experiment(spec)
+  config = get_config(arg)
   if not isinstance(config, ConfigDict):
-    raise UserError(f'{path}: get_config must return an ml_collections.ConfigDict')
+    raise UserError(f'{spec.partition(":")[0]}: get_config must return an ml_collections.ConfigDict')
   config.lock()
   return config
 

@@ -4,8 +4,13 @@ bertjax bench --config experiments/bench.py:model=small,batch=32,seq_len=128
 bertjax bench --config experiments/bench.py:model=base,batch=256,dtype=bfloat16,attention=cudnn
 bertjax bench --config experiments/bench.py:model=large,batch=8,scan   # layers as one scan
 bertjax bench --config experiments/bench.py:local   # seconds, for tests
+
+Suites measure several shapes in one run and mark issue 7's targets met or missed:
+bertjax bench --suite experiments/bench.py:h200   # one H100/H200, bf16 (the GPU record)
+bertjax bench --suite experiments/bench.py:cpu --steps 3 --rounds 5   # this 2-core CPU
 """
 from bertjax import config_lib
+from bertjax.errors import UserError
 
 
 def get_config(arg=None):
@@ -25,3 +30,30 @@ def get_config(arg=None):
     c.data.corpus, c.data.embedded_documents = 'embedded', 400
     c.data.tokenizer.vocab_size, c.data.tokenizer.model_type = 512, 'bpe'
   return c
+
+
+_GPU = 'dtype=bfloat16,attention=cudnn'
+_SUITES = dict(
+    h200=[
+        dict(config=f'model=base,batch=256,seq_len=128,{_GPU}', min_mfu=0.45,
+             peers=dict(versus='eager', min_ratio=2.0)),
+        dict(config=f'model=large,batch=256,seq_len=128,{_GPU}', min_mfu=0.55),
+        dict(config=f'model=large,batch=64,seq_len=512,{_GPU}', min_mfu=0.50),
+        dict(config=f'model=large,batch=256,seq_len=128,{_GPU},scan', max_compile_s=60),
+    ],
+    cpu=[
+        dict(config='model=small,batch=16', peers=dict(versus='fastest', min_ratio=1.3)),
+        dict(config='model=large,batch=8'),
+        dict(config='model=large,batch=8,scan', max_compile_s=60),
+    ],
+    local=[  # seconds, for tests
+        dict(config='local', peers=dict(versus='eager')),
+        dict(config='local,scan', max_compile_s=600),
+    ],
+)
+
+
+def get_suite(name):
+  if name not in _SUITES:
+    raise UserError(f'no suite {name!r}; suites: {", ".join(_SUITES)}')
+  return _SUITES[name]

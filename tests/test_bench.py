@@ -55,3 +55,64 @@ def test_flax_peer_trains_in_its_subprocess():
     run(1)  # a step after compile and warm-up, answered over the pipe
   finally:
     run.close()
+
+
+def test_suite_measures_each_shape_and_judges_its_targets(capsys, monkeypatch, tmp_path):
+  pytest.importorskip('torch')
+  pytest.importorskip('transformers')
+  from bertjax import peers
+  compare = peers.compare
+  # The peers' slow parts (torch.compile, the Flax subprocess) have their own tests.
+  monkeypatch.setattr(peers, 'compare', lambda config, **kw: compare(
+      config, **kw, with_compile=False, with_flax=False))
+  assert main(['bench', '--suite', BENCH + ':local', '--steps', '1', '--rounds', '1', '--json',
+               '--config.mesh.data=1']) == 0
+  rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert [r['entry'] for r in rows] == ['local', 'local,scan']
+  plain, scanned = rows
+  assert [r['system'] for r in plain['result']['peers']] == ['bertjax', peers.TORCH_EAGER]
+  assert plain['result']['peer_ratio'] == pytest.approx(
+      1 / plain['result']['peers'][1]['ratio_to_bertjax'])
+  assert plain['targets'] == []  # the local suite sets no ratio to reach, only measures it
+  (compile_target,) = scanned['targets']
+  assert compile_target['got'] == scanned['result']['compile_seconds']
+  assert compile_target['met'] == (compile_target['got'] <= 600)
+
+
+def test_suite_table_marks_targets_met_missed_and_unmeasured():
+  from bertjax import bench_suite
+  result = dict(device='1 x NVIDIA H200', compile_seconds=42.0, step_time=0.1,
+                tokens_per_sec=1000.0, mfu=0.5, flops_per_sec_per_device=5e14,
+                peak_memory_bytes=2**33)
+  rows = [dict(entry='model=base', result=result,
+               targets=[dict(name='MFU', want='>= 45%', got=0.5, shown='50.0%', met=True),
+                        dict(name='compile', want='<= 30 s', got=42.0, shown='42.0 s',
+                             met=False)]),
+          dict(entry='model=large', result=dict(result, mfu=None, peak_memory_bytes=None),
+               targets=[dict(name='MFU', want='>= 55%', got=None, shown=None, met=None)])]
+  table = bench_suite.format_suite('experiments/bench.py', 'h200', rows)
+  assert '| model=base | 42.0 s | 100.0 ms | 1,000 | 50.0% | 8.0 GiB | MFU 50.0% (target >= 45%): ' \
+         'met; compile 42.0 s (target <= 30 s): **missed** |' in table
+  assert '| model=large | 42.0 s | 100.0 ms | 1,000 | 500.000 T | - | ' \
+         'MFU - (target >= 55%): not measured |' in table
+  assert table.endswith('targets: 1 met, 1 missed, 1 not measured')
+
+
+def test_suite_names_a_bad_suite_or_entry(tmp_path, capsys):
+  assert main(['bench', '--suite', BENCH + ':tpu']) == 2
+  assert "no suite 'tpu'" in capsys.readouterr().err
+  bad = tmp_path / 'suite.py'
+  bad.write_text("def get_suite(name):\n  return [dict(config='local', min_mfo=0.5)]\n")
+  assert main(['bench', '--suite', f'{bad}:x']) == 2
+  assert "unknown keys ['min_mfo']" in capsys.readouterr().err
+
+
+def test_every_suite_entry_is_a_config_of_the_file():
+  from bertjax import bench_suite
+  loaded = {}
+  for name in ('h200', 'cpu', 'local'):
+    path, entries = bench_suite.load_suite(f'{BENCH}:{name}')
+    loaded[name] = [config_lib.load_config(f'{path}:{e["config"]}') for e in entries]
+  # The GPU record is what issue 7 sets targets for: bf16 with the fused attention.
+  assert {(c.model.dtype, c.model.attention) for c in loaded['h200']} == {('bfloat16', 'cudnn')}
+  assert [c.model.scan_layers for c in loaded['cpu']] == [False, False, True]
