@@ -104,18 +104,9 @@ class PretrainedTokenizer:
     tok = self.tokenizer
     rows = []
     for a_text, b_text in zip(texts, pairs):
-      a = tok.encode(a_text)
-      b = tok.encode(b_text) if b_text is not None else None
-      budget = limit - (3 if b is not None else 2)
-      if truncation:
-        while len(a) + len(b or ()) > budget:
-          if b is not None and len(b) > len(a):
-            b.pop()
-          else:
-            a.pop()
-      ids = [tok.cls_id, *a, tok.sep_id] + ([*b, tok.sep_id] if b is not None else [])
-      types = [0] * (len(a) + 2) + [1] * (len(b) + 1 if b is not None else 0)
-      rows.append((ids, types))
+      rows.append(tokenizer_lib.encode_pair(
+          tok, tok.encode(a_text), tok.encode(b_text) if b_text is not None else None,
+          limit if truncation else None))
     width = max(len(ids) for ids, _ in rows)
     if not padding and len({len(ids) for ids, _ in rows}) > 1:
       raise UserError('texts of different lengths need padding=True')

@@ -12,7 +12,7 @@ from bertjax import config_lib, finetune, train
 from bertjax.cli import main
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
-from bertjax.tasks import classify, common
+from bertjax.tasks import classify
 
 from conftest import ROOT
 
@@ -212,6 +212,11 @@ def test_finetune_from_hugging_face_minilm(tmp_path):
 def test_task_registry_names_the_kinds():
   with pytest.raises(UserError, match=r"unknown task kind 'ner'; choose one of"):
     config_lib.finetune_defaults('ner')
+
+
+def test_pairs_are_truncated_longest_first():
   tok = type('Tok', (), dict(cls_id=2, sep_id=3))()
   # Longest-first: a 3-token A and a 1-token B in 5 slots keep 1 + 1.
-  assert common.encode_pair(tok, [7, 8, 9], [5], 5) == ([2, 7, 3, 5, 3], [0, 0, 0, 1, 1])
+  assert tokenizer_lib.encode_pair(tok, [7, 8, 9], [5], 5) == ([2, 7, 3, 5, 3], [0, 0, 0, 1, 1])
+  assert tokenizer_lib.encode_pair(tok, [7, 8, 9], [5], None) == (
+      [2, 7, 8, 9, 3, 5, 3], [0, 0, 0, 0, 0, 1, 1])

@@ -37,6 +37,23 @@ class Tokenizer(Protocol):
   def decode(self, ids: Sequence[int]) -> str: ...
 
 
+def encode_pair(tok: Tokenizer, a: Sequence[int], b: Sequence[int] | None,
+                seq_len: int | None) -> tuple[list[int], list[int]]:
+  """[CLS] a [SEP] (b [SEP]), truncated longest-first to seq_len (None: not truncated)
+  as `transformers` does; returns (input_ids, token_type_ids) lists."""
+  a, b = list(a), (list(b) if b is not None else None)
+  if seq_len is not None:
+    budget = seq_len - (3 if b is not None else 2)
+    while len(a) + len(b or ()) > budget:
+      if b is not None and len(b) > len(a):
+        b.pop()
+      else:
+        a.pop()
+  ids = [tok.cls_id, *a, tok.sep_id] + ([*b, tok.sep_id] if b is not None else [])
+  types = [0] * (len(a) + 2) + [1] * (len(b) + 1 if b is not None else 0)
+  return ids, types
+
+
 def find(directory: str) -> Tokenizer | None:
   """The tokenizer saved in a workdir's `tokenizer/` directory, or None."""
   spm_path = os.path.join(directory, 'spm.model')

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from bertjax.data import corpus, tsv
+from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.tasks import common
 
@@ -112,8 +113,9 @@ def load_split(task_cfg, split: str, tok, seq_len: int, label_names=None) -> com
   else:
     label_names = tuple(label_names or task_cfg.labels or sorted({r[2] for r in rows}))
     labels = np.array([common.check_labels(label_names, r[2], r[3]) for r in rows], np.int32)
-  encoded = [common.encode_pair(tok, tok.encode(a), tok.encode(b) if b is not None else None,
-                                seq_len) for a, b, _, _ in rows]
+  encoded = [tokenizer_lib.encode_pair(tok, tok.encode(a),
+                                       tok.encode(b) if b is not None else None, seq_len)
+             for a, b, _, _ in rows]
   features = common.pad_rows(encoded, seq_len, tok.pad_id)
   features['labels'] = labels
   return common.Split(features, meta=dict(regression=regression, glue=glue),

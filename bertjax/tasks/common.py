@@ -52,21 +52,6 @@ class Split:
     return len(next(iter(self.features.values())))
 
 
-def encode_pair(tok, a: Sequence[int], b: Sequence[int] | None, seq_len: int):
-  """[CLS] a [SEP] (b [SEP]) truncated longest-first to seq_len, as transformers does;
-  returns (input_ids, token_type_ids) lists."""
-  a, b = list(a), (list(b) if b is not None else None)
-  budget = seq_len - (3 if b is not None else 2)
-  while len(a) + len(b or ()) > budget:
-    if b is not None and len(b) > len(a):
-      b.pop()
-    else:
-      a.pop()
-  ids = [tok.cls_id, *a, tok.sep_id] + ([*b, tok.sep_id] if b is not None else [])
-  types = [0] * (len(a) + 2) + [1] * (len(b) + 1 if b is not None else 0)
-  return ids, types
-
-
 def pad_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], seq_len: int,
              pad_id: int) -> dict[str, np.ndarray]:
   """(ids, types) rows -> input_ids, token_type_ids, attention_mask (N, seq_len) int32."""
