@@ -19,9 +19,9 @@ _ENTRY_KEYS = {'config', 'min_mfu', 'max_compile_s', 'peers'}
 _PEER_KEYS = {'versus', 'min_ratio'}
 
 
-def _peer_systems() -> dict[str, str]:
-  return dict(eager=peers.TORCH_EAGER, compile=peers.TORCH_COMPILE, flax=peers.FLAX,
-              fastest='fastest peer')
+# What `peers=dict(versus=...)` may name: one peer's row, or whichever peer was fastest.
+_VERSUS = dict(eager=peers.TORCH_EAGER, compile=peers.TORCH_COMPILE, flax=peers.FLAX,
+               fastest='fastest peer')
 
 
 def load_suite(spec: str) -> tuple[str, list[dict]]:
@@ -37,8 +37,8 @@ def load_suite(spec: str) -> tuple[str, list[dict]]:
     if 'config' not in entry:
       raise UserError(f'{path}: suite {name!r} entry {entry} has no config (a get_config arg)')
     versus = entry.get('peers', {}).get('versus', 'fastest')
-    if versus not in _peer_systems():
-      raise UserError(f'{path}: peers versus={versus!r}; use one of {sorted(_peer_systems())}')
+    if versus not in _VERSUS:
+      raise UserError(f'{path}: peers versus={versus!r}; use one of {sorted(_VERSUS)}')
   return path, entries
 
 
@@ -51,7 +51,7 @@ def _judge(want: float | None, got: float | None, *, at_least: bool) -> bool | N
 def _peer_ratio(rows: list[dict], versus: str) -> float | None:
   measured = [r for r in rows if r['system'] != 'bertjax' and r['tokens_per_sec']]
   if versus != 'fastest':
-    measured = [r for r in measured if r['system'] == _peer_systems()[versus]]
+    measured = [r for r in measured if r['system'] == _VERSUS[versus]]
   if not measured:
     return None
   return 1 / max(measured, key=lambda r: r['tokens_per_sec'])['ratio_to_bertjax']
@@ -71,7 +71,8 @@ def run_entry(path: str, entry: dict, overrides: list[str], *, steps_to_time: in
   if 'max_compile_s' in entry:
     targets.append(dict(name='compile', want=f'<= {entry["max_compile_s"]:g} s',
                         got=result['compile_seconds'],
-                        shown=f'{result["compile_seconds"]:.1f} s', met=_judge(entry['max_compile_s'], result['compile_seconds'],
+                        shown=f'{result["compile_seconds"]:.1f} s',
+                        met=_judge(entry['max_compile_s'], result['compile_seconds'],
                                    at_least=False)))
   if 'peers' in entry:
     versus = entry['peers'].get('versus', 'fastest')
@@ -80,7 +81,7 @@ def run_entry(path: str, entry: dict, overrides: list[str], *, steps_to_time: in
     result.update(peers=rows, peer_ratio=ratio)
     want = entry['peers'].get('min_ratio')
     if want is not None:
-      targets.append(dict(name=f'bertjax / {_peer_systems()[versus]}', want=f'>= {want:g}x',
+      targets.append(dict(name=f'bertjax / {_VERSUS[versus]}', want=f'>= {want:g}x',
                           got=ratio, shown=None if ratio is None else f'{ratio:.2f}x',
                           met=_judge(want, ratio, at_least=True)))
   return dict(entry=entry['config'], result=result, targets=targets)

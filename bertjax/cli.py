@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
   what.add_argument('--suite', metavar='FILE.py:NAME',
                     help="the file's get_suite(NAME): several configs in one run, each "
                     'judged against its targets (e.g. experiments/bench.py:h200)')
-  bench.add_argument('--steps', type=int, default=20, help='timed steps after warm-up (with peers: steps a round)')
+  bench.add_argument('--steps', type=int, default=20,
+                     help='timed steps after warm-up (beside the peers: steps a round)')
   bench.add_argument('--json', action='store_true', help='JSON instead of a table')
   bench.add_argument('--data', metavar='WORKDIR',
                      help='also measure padding efficiency of the real input (builds the '

@@ -251,7 +251,8 @@ def load_config(spec: str) -> ConfigDict:
   get_config, arg = load_experiment(spec)
   config = get_config(arg)
   if not isinstance(config, ConfigDict):
-    raise UserError(f'{spec.partition(":")[0]}: get_config must return an ml_collections.ConfigDict')
+    raise UserError(f'{spec.partition(":")[0]}: get_config must return an '
+                    'ml_collections.ConfigDict')
   config.lock()
   return config
 

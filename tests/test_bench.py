@@ -57,7 +57,7 @@ def test_flax_peer_trains_in_its_subprocess():
     run.close()
 
 
-def test_suite_measures_each_shape_and_judges_its_targets(capsys, monkeypatch, tmp_path):
+def test_suite_measures_each_shape_and_judges_its_targets(capsys, monkeypatch):
   pytest.importorskip('torch')
   pytest.importorskip('transformers')
   from bertjax import peers
