@@ -10,9 +10,11 @@ config's real input pipeline when asked (`--data`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -42,7 +44,17 @@ def model_config(config) -> BertConfig:
   return train.model_config(config, vocab)
 
 
-def measure(config, *, steps_to_time: int = 20, warmup: int = 3) -> dict:
+@dataclasses.dataclass
+class CompiledStep:
+  """The config's jitted, donated train step, compiled for a synthetic batch.
+  `run(n)` takes n steps and waits for them; `bench` and the peers time the same one."""
+  run: Callable[[int], None]
+  compile_seconds: float
+  model_cfg: BertConfig
+  parameters: int
+
+
+def compile_step(config) -> CompiledStep:
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
   model_cfg = model_config(config)
@@ -54,15 +66,26 @@ def measure(config, *, steps_to_time: int = 20, warmup: int = 3) -> dict:
     start = time.perf_counter()
     compiled = fns.train_step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
-    for _ in range(warmup):
-      state, metrics = compiled(state, batch)
+  holder = dict(state=state)
+
+  def run(n: int) -> None:
+    for _ in range(n):
+      holder['state'], metrics = compiled(holder['state'], batch)
     jax.block_until_ready(metrics)
-    times = []
-    for _ in range(steps_to_time):
-      start = time.perf_counter()
-      state, metrics = compiled(state, batch)
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - start)
+  return CompiledStep(run, compile_seconds, model_cfg,
+                      sum(x.size for x in jax.tree.leaves(state['params'])))
+
+
+def measure(config, *, steps_to_time: int = 20, warmup: int = 3,
+            step: CompiledStep | None = None) -> dict:
+  step = step or compile_step(config)
+  step.run(warmup)
+  times = []
+  for _ in range(steps_to_time):
+    start = time.perf_counter()
+    step.run(1)
+    times.append(time.perf_counter() - start)
+  model_cfg = step.model_cfg
   step_time = statistics.median(times)
   b, length = config.train.batch_size, config.data.seq_len
   per_token = flops.train_flops_per_token(model_cfg, length, config.data.masking.max_predictions)
@@ -74,8 +97,7 @@ def measure(config, *, steps_to_time: int = 20, warmup: int = 3) -> dict:
       device=f'{jax.device_count()} x {device.device_kind}', model=config.model.preset,
       dtype=config.model.dtype, attention=config.model.attention, batch=b, seq_len=length,
       max_predictions=config.data.masking.max_predictions,
-      parameters=sum(x.size for x in jax.tree.leaves(state['params'])),
-      compile_seconds=compile_seconds, step_time=step_time,
+      parameters=step.parameters, compile_seconds=step.compile_seconds, step_time=step_time,
       step_time_p10=float(np.percentile(times, 10)), step_time_p90=float(np.percentile(times, 90)),
       tokens_per_sec=b * length / step_time, sequences_per_sec=b / step_time,
       flops_per_token=per_token, flops_per_sec_per_device=achieved,

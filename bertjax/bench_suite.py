@@ -61,7 +61,8 @@ def run_entry(path: str, entry: dict, overrides: list[str], *, steps_to_time: in
               rounds: int) -> dict:
   config = config_lib.load_config(f'{path}:{entry["config"]}')
   config_lib.apply_overrides(config, overrides)
-  result = bench.measure(config, steps_to_time=steps_to_time)
+  step = bench.compile_step(config)
+  result = bench.measure(config, steps_to_time=steps_to_time, step=step)
   targets = []
   if 'min_mfu' in entry:
     mfu = result['mfu']
@@ -76,7 +77,7 @@ def run_entry(path: str, entry: dict, overrides: list[str], *, steps_to_time: in
                                    at_least=False)))
   if 'peers' in entry:
     versus = entry['peers'].get('versus', 'fastest')
-    rows = peers.compare(config, rounds=rounds, steps_per_round=steps_to_time)
+    rows = peers.compare(config, rounds=rounds, steps_per_round=steps_to_time, ours=step)
     ratio = _peer_ratio(rows, versus)
     result.update(peers=rows, peer_ratio=ratio)
     want = entry['peers'].get('min_ratio')

@@ -16,29 +16,9 @@ from __future__ import annotations
 import statistics
 import time
 
-import jax
 import numpy as np
 
-from bertjax import bench, flax_peer, sharding, steps
-
-
-def _bertjax_runner(config):
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.rules_from_config(config.mesh)
-  model_cfg = bench.model_config(config)
-  fns = steps.build(config, model_cfg, mesh, rules)
-  holder = {}
-  with sharding.activate(mesh, rules):
-    holder['state'] = fns.init(jax.random.key(0))
-    batch = sharding.global_batch(bench.synthetic_batch(config, model_cfg.vocab_size),
-                                  fns.batch_sharding)
-    step = fns.train_step.lower(holder['state'], batch).compile()
-
-  def run(n):
-    for _ in range(n):
-      holder['state'], metrics = step(holder['state'], batch)
-    jax.block_until_ready(metrics)
-  return run
+from bertjax import bench, flax_peer
 
 
 def _hf_config(config) -> dict:
@@ -106,8 +86,9 @@ FLAX = 'transformers 4.x (Flax, jit)'
 
 
 def compare(config, *, rounds: int = 5, steps_per_round: int = 5, with_compile: bool = True,
-            with_flax: bool = True) -> list[dict]:
-  runners = {'bertjax': _bertjax_runner(config),
+            with_flax: bool = True, ours: bench.CompiledStep | None = None) -> list[dict]:
+  """`ours`: bertjax's step if the caller compiled it already (it is not compiled twice)."""
+  runners = {'bertjax': (ours or bench.compile_step(config)).run,
              TORCH_EAGER: _torch_runner(config, compiled=False)}
   skipped = {}
   if with_compile:

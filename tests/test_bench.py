@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from bertjax import config_lib, flax_peer, flops
+from bertjax import bench, config_lib, flax_peer, flops
 from bertjax.cli import main
 
 from conftest import ROOT
@@ -65,10 +65,13 @@ def test_suite_measures_each_shape_and_judges_its_targets(capsys, monkeypatch):
   # The peers' slow parts (torch.compile, the Flax subprocess) have their own tests.
   monkeypatch.setattr(peers, 'compare', lambda config, **kw: compare(
       config, **kw, with_compile=False, with_flax=False))
+  compiled = []  # the peers time the step `bench` compiled: one compile an entry
+  compile_step = bench.compile_step
+  monkeypatch.setattr(bench, 'compile_step', lambda c: compiled.append(c) or compile_step(c))
   assert main(['bench', '--suite', BENCH + ':local', '--steps', '1', '--rounds', '1', '--json',
                '--config.mesh.data=1']) == 0
   rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-  assert [r['entry'] for r in rows] == ['local', 'local,scan']
+  assert [r['entry'] for r in rows] == ['local', 'local,scan'] and len(compiled) == 2
   plain, scanned = rows
   assert [r['system'] for r in plain['result']['peers']] == ['bertjax', peers.TORCH_EAGER]
   assert plain['result']['peer_ratio'] == pytest.approx(
