@@ -7,7 +7,7 @@ plots; re-running resumes.
 bertjax compare --config experiments/masking_sweep.py --workdir runs/sweep \
     --config.pretrain.data.corpus='/data/wiki/*.txt'
 bertjax compare --config experiments/masking_sweep.py:local --workdir /tmp/sweep
-  (:local: a tiny BERT on the embedded corpus, embedded QA downstream; about 10
+  (:local: a tiny BERT on the embedded corpus, embedded QA downstream; about 9
    minutes on 2 CPU cores)
 """
 import os

@@ -39,7 +39,7 @@ def attention_bias(attention_mask_BL, dtype):
 def xla_attention(q_BLHK, k_BLHK, v_BLHK, attention_mask_BL, dropout_rate=0.0, rngs=None):
   scale = q_BLHK.shape[-1] ** -0.5
   # Heads ahead of length: over (B, L, H, K) operands XLA CPU fused the attention into
-  # a slow kernel (190 ms a layer for MiniLM at 128 x 64; 65 ms this way).
+  # a kernel 2-3x slower (docs/PERFORMANCE.md, "CPU inference", has the command).
   q_BHLK, k_BHLK, v_BHLK = (jnp.swapaxes(x, 1, 2) for x in (q_BLHK * scale, k_BLHK, v_BLHK))
   logits_BHLL = jnp.einsum('bhqk,bhsk->bhqs', q_BHLK, k_BHLK)
   # Softmax statistics in float32 whatever the compute dtype.
