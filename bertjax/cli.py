@@ -75,14 +75,22 @@ def _bench(args, overrides):
 
 def _import(args, overrides):
   _no_overrides(overrides, 'import')
-  from bertjax import hf
-  hf.import_hf(args.source, args.workdir)
+  from bertjax import hf_convert
+  hf_convert.import_hf(args.source, args.workdir)
 
 
 def _export(args, overrides):
   _no_overrides(overrides, 'export')
-  from bertjax import hf
-  hf.export_hf(args.workdir, args.out, step=args.step)
+  from bertjax import hf_convert
+  hf_convert.export_hf(args.workdir, args.out, step=args.step)
+
+
+def _unlock(args, overrides):
+  _no_overrides(overrides, 'unlock')
+  from bertjax import run_lock
+  holder = run_lock.break_lock(args.workdir)
+  print(f'removed the lock that {holder.describe()} held on {args.workdir}' if holder
+        else f'{args.workdir} was not locked')
 
 
 def _no_overrides(overrides, command):
@@ -138,8 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
   exp.add_argument('--workdir', required=True)
   exp.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   exp.add_argument('--format', choices=['hf'], default='hf')
-  exp.add_argument('--out', required=True, help='output directory')
+  exp.add_argument('--out', required=True,
+                   help='output directory: new, empty, or an earlier export, whose files are '
+                   'replaced (other files there are kept); any other directory, the workdir '
+                   'or a parent of it is refused')
   exp.set_defaults(run=_export)
+
+  unlock = commands.add_parser(
+      'unlock', help='break the lock of a workdir whose run is dead',
+      description='A running `bertjax train` holds its workdir (WORKDIR/.lock); a lock whose '
+      'run was killed expires by itself after five minutes without a heartbeat. This '
+      'removes it at once: use it only when that run is gone.')
+  unlock.add_argument('--workdir', required=True)
+  unlock.set_defaults(run=_unlock)
 
   bench = commands.add_parser(
       'bench', help='measure train-step throughput (and MFU) of a config',

@@ -2,12 +2,10 @@
 metrics, and `bertjax evaluate --workdir W`, which prints them as a table."""
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 
-from bertjax import config_lib, sharding, steps
+from bertjax import config_lib, sharding, steps, weights, workdir as workdir_lib
 from bertjax.errors import UserError
 
 
@@ -41,30 +39,31 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
                      data: str | None = None) -> dict[str, float]:
   """Re-evaluates a fine-tuned workdir's best weights (or checkpoint `step`) on its
   eval split, or on `data` (a file or tfds spec of the same task)."""
-  from bertjax import finetune
-  from bertjax.data import tokenizer as tokenizer_lib
   from bertjax.tasks import registry
   config = config_lib.load_workdir_config(workdir)
-  if not finetune.is_finetune_config(config):
+  if 'task' not in config:
     raise UserError(f'{workdir} is a pre-training workdir: its held-out MLM/NSP metrics '
                     'are the eval_ lines of its metrics.jsonl, and re-running `bertjax '
                     'train` on it evaluates again; `bertjax evaluate` reads fine-tuned ones')
-  if not os.path.isfile(os.path.join(workdir, finetune.TASK_FILE)):
-    raise UserError(f'{workdir} has not started fine-tuning yet (no {finetune.TASK_FILE})')
-  info = finetune.TaskInfo.read(workdir)
+  if not workdir_lib.is_finetuned(workdir):
+    raise UserError(f'{workdir} has not started fine-tuning yet (no {workdir_lib.TASK})')
+  info = workdir_lib.TaskInfo.read(workdir)
   task = registry.task_module(info.kind)
-  tok = tokenizer_lib.load(os.path.join(workdir, 'tokenizer'))
   task_cfg = config.task
   if data:
     task_cfg = config_lib.ConfigDict(config.task.to_dict())
     task_cfg.eval = data
-  split = task.load_split(task_cfg, 'eval', tok, config.task.seq_len,
+  split = task.load_split(task_cfg, 'eval', weights.open_tokenizer(workdir), config.task.seq_len,
                           label_names=info.label_names)
-  _, _, params, model_cfg = finetune.workdir_params(workdir, step)
+  source = weights.open_weights(workdir, step)
+  model_cfg = source.model_cfg
+  params, _ = weights.transplant(
+      source, weights.initial_params(info.model_kind, model_cfg, info.num_labels),
+      info.model_kind, info.num_labels)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
   fns = steps.build(config, model_cfg, mesh, rules,
-                    finetune.objective(task, model_cfg, info.num_labels), total_steps=1)
+                    steps.finetuning(task, model_cfg, info.num_labels), total_steps=1)
   with sharding.activate(mesh, rules):
     params = jax.device_put(params, fns.state_sharding['params'])
     results = evaluate_split(fns, params, task, split, config.train.eval_batch_size)

@@ -1,30 +1,32 @@
-"""Hugging Face import and export: config.json, model.safetensors and tokenizer files.
+"""The Hugging Face model directory format: config.json, model.safetensors, tokenizer.
 
-`import_hf(src, workdir)` turns a `transformers` BERT directory into a bertjax
-workdir (config, tokenizer, a params-only step-0 checkpoint) that `bertjax train`
-continues from. `export_hf(workdir, out)` writes a directory that
-`transformers.BertForPreTraining.from_pretrained` loads with no missing or
-unexpected keys. Weights travel as safetensors only: no pickle is ever loaded.
+Reading a directory (its config, tensors, tokenizer and head class) and producing the
+files of one. Weights travel as safetensors only: no pickle is ever loaded. Moving
+weights between such directories and workdirs is hf_convert.py's job.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 
-import jax
 import numpy as np
-from flax import nnx
 
-from bertjax import checkpoint, config_lib, hf_weights, reporting
+from bertjax import hf_weights
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.models.bert import BertConfig
-from bertjax.tasks import pretrain
 
 # Buffers some checkpoints carry that are not weights.
 _IGNORED = ('embeddings.position_ids', 'bert.embeddings.position_ids')
+
+
+# config.json keys that must be positive whole numbers, and their defaults (None: required).
+_SIZE_KEYS = dict(vocab_size=None, num_hidden_layers=None, hidden_size=None,
+                  num_attention_heads=None, intermediate_size=None,
+                  max_position_embeddings=512, type_vocab_size=2)
+_RATE_KEYS = dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                  layer_norm_eps=1e-12)
 
 
 def read_hf_config(src: str) -> tuple[BertConfig, dict]:
@@ -33,7 +35,13 @@ def read_hf_config(src: str) -> tuple[BertConfig, dict]:
     raise UserError(f'{src} has no config.json; point --from at a Hugging Face model '
                     'directory (config.json, model.safetensors, vocab.txt)')
   with open(path, encoding='utf-8') as f:
-    raw = json.load(f)
+    try:
+      raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise UserError(f'{path} is not valid JSON ({e}); re-save the model with '
+                      'transformers\' save_pretrained') from None
+  if not isinstance(raw, dict):
+    raise UserError(f'{path} holds a {type(raw).__name__}, not a BERT config object')
   if raw.get('model_type', 'bert') != 'bert':
     raise UserError(f'{path}: model_type {raw.get("model_type")!r} is not BERT')
   if raw.get('hidden_act', 'gelu') != 'gelu':
@@ -41,15 +49,34 @@ def read_hf_config(src: str) -> tuple[BertConfig, dict]:
                     'BERT uses the exact (erf) GELU, hidden_act="gelu"')
   if raw.get('position_embedding_type', 'absolute') != 'absolute':
     raise UserError(f'{path}: only absolute position embeddings are supported')
+  sizes = {}
+  for key, default in _SIZE_KEYS.items():
+    value = raw.get(key, default)
+    if value is None:
+      raise UserError(f'{path} lacks {key}; a BERT config.json gives it')
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise UserError(f'{path}: {key} is {value!r}, not a positive whole number; fix '
+                      'config.json')
+    sizes[key] = value
+  rates = {}
+  for key, default in _RATE_KEYS.items():
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+      raise UserError(f'{path}: {key} is {value!r}, not a non-negative number; fix '
+                      'config.json')
+    rates[key] = float(value)
+  if sizes['hidden_size'] % sizes['num_attention_heads']:
+    raise UserError(f'{path}: hidden_size {sizes["hidden_size"]} is not a multiple of '
+                    f'num_attention_heads {sizes["num_attention_heads"]}; fix config.json')
   cfg = BertConfig(
-      vocab_size=raw['vocab_size'], num_layers=raw['num_hidden_layers'],
-      hidden_size=raw['hidden_size'], num_heads=raw['num_attention_heads'],
-      intermediate_size=raw['intermediate_size'],
-      max_position_embeddings=raw.get('max_position_embeddings', 512),
-      type_vocab_size=raw.get('type_vocab_size', 2),
-      dropout_rate=raw.get('hidden_dropout_prob', 0.1),
-      attention_dropout_rate=raw.get('attention_probs_dropout_prob', 0.1),
-      layer_norm_eps=raw.get('layer_norm_eps', 1e-12))
+      vocab_size=sizes['vocab_size'], num_layers=sizes['num_hidden_layers'],
+      hidden_size=sizes['hidden_size'], num_heads=sizes['num_attention_heads'],
+      intermediate_size=sizes['intermediate_size'],
+      max_position_embeddings=sizes['max_position_embeddings'],
+      type_vocab_size=sizes['type_vocab_size'],
+      dropout_rate=rates['hidden_dropout_prob'],
+      attention_dropout_rate=rates['attention_probs_dropout_prob'],
+      layer_norm_eps=rates['layer_norm_eps'])
   return cfg, raw
 
 
@@ -141,128 +168,25 @@ def num_labels(tensors, kind: str) -> int:
   return 2
 
 
-def import_hf(src: str, workdir: str) -> list[str]:
-  """Writes a bertjax workdir from a Hugging Face BERT directory.
-
-  Returns the parameter groups that were not in the checkpoint and were initialised.
-  """
-  if os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise UserError(f'{workdir} already holds checkpoints; import into a new --workdir')
-  cfg, raw = read_hf_config(src)
-  tensors = read_safetensors(src)
-  kind = checkpoint_kind(tensors, raw)
-  tok = load_hf_tokenizer(src)
-  if tok.vocab_size != cfg.vocab_size:
-    raise UserError(f'the tokenizer in {src} has {tok.vocab_size} tokens but config.json '
-                    f'says vocab_size={cfg.vocab_size}; they must match')
-  os.makedirs(workdir, exist_ok=True)
-  tokenizer_lib.save(tok, os.path.join(workdir, 'tokenizer'))
-
-  model = pretrain.build_model(cfg, jax.random.key(0))
-  initial = nnx.to_pure_dict(nnx.state(model))
-  params, missing = hf_weights.into_pretraining(tensors, initial, kind, cfg.num_layers)
-  known = {name for name, _, _ in hf_weights.name_map(kind, cfg.num_layers)}
-  dropped = sorted(set(tensors) - known)
-
-  config = config_lib.pretrain_defaults()
-  config.model = config_lib.model_from_bert_config(cfg)
-  config.data.tokenizer.kind = ('sentencepiece' if isinstance(
-      tok, tokenizer_lib.SentencePieceTokenizer) else 'wordpiece')
-  config.data.tokenizer.vocab_size = cfg.vocab_size
-  config.init = os.path.abspath(src)
-  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-    f.write(config_lib.to_json(config))
-  checkpoint.save_params(workdir, 0, jax.tree.map(np.asarray, params))
-
-  groups = sorted('.'.join(str(p) for p in path) for path in missing)
-  if groups:
-    reporting.log(f'not in the checkpoint, initialised: {", ".join(groups)} '
-                  '(the MLM decoder is tied to the word embeddings)')
-  if dropped:
-    reporting.log(f'not imported (heads bertjax pre-training does not use): '
-                  f'{", ".join(dropped)}')
-  reporting.log(f'imported {src} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, '
-                f'vocab {cfg.vocab_size}) into {workdir}')
-  return groups
-
-
-def write_hf_dir(params, cfg: BertConfig, kind: str, tok, out: str, *, num_labels: int = 2,
-                 card: str | None = None) -> str:
-  """Writes config.json, model.safetensors, tokenizer files (and a card) atomically:
-  into a temporary sibling first, replacing `out` only once all is written."""
-  from safetensors.numpy import save_file
+def hf_files(tensors: dict[str, np.ndarray], cfg: BertConfig, kind: str, tok, *,
+             label_names=(), num_labels: int = 2, card: str | None = None) -> dict[str, bytes]:
+  """The files of a Hugging Face model directory, by name."""
+  from safetensors.numpy import save
   from bertjax.data import hf_tokenizer
-  tensors = hf_weights.to_hf(params, kind, cfg.num_layers)
-  parent = os.path.dirname(os.path.abspath(out))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix='.export-')
-  save_file(tensors, os.path.join(tmp, 'model.safetensors'), metadata={'format': 'pt'})
   extra = {}
   if kind in ('sequence_classification', 'token_classification'):
-    extra = dict(id2label={str(i): f'LABEL_{i}' for i in range(num_labels)},
-                 label2id={f'LABEL_{i}': i for i in range(num_labels)})
-  with open(os.path.join(tmp, 'config.json'), 'w', encoding='utf-8') as f:
-    json.dump(hf_config_dict(cfg, kind, **extra), f, indent=2)
-  hf_tokenizer.write_hf_tokenizer(tok, tmp, model_max_length=cfg.max_position_embeddings)
+    names = list(label_names) or [f'LABEL_{i}' for i in range(num_labels)]
+    extra = dict(id2label={str(i): n for i, n in enumerate(names)},
+                 label2id={n: i for i, n in enumerate(names)})
+  files = {
+      'model.safetensors': save(tensors, metadata={'format': 'pt'}),
+      'config.json': json.dumps(hf_config_dict(cfg, kind, **extra), indent=2).encode(),
+  }
+  with tempfile.TemporaryDirectory(prefix='bertjax-tokenizer-') as tmp:
+    hf_tokenizer.write_hf_tokenizer(tok, tmp, model_max_length=cfg.max_position_embeddings)
+    for name in sorted(os.listdir(tmp)):
+      with open(os.path.join(tmp, name), 'rb') as f:
+        files[name] = f.read()
   if card is not None:
-    with open(os.path.join(tmp, 'README.md'), 'w', encoding='utf-8') as f:
-      f.write(card)
-  if os.path.exists(out):
-    shutil.rmtree(out)
-  os.replace(tmp, out)
-  return out
-
-
-def export_hf(workdir: str, out: str, step: int | None = None) -> str:
-  """Writes a workdir's checkpoint as a `transformers` BertForPreTraining directory."""
-  config = config_lib.load_workdir_config(workdir)
-  tok = tokenizer_lib.load(os.path.join(workdir, 'tokenizer'))
-  cfg = BertConfig.from_dict({**config.model.to_dict(), 'vocab_size': tok.vocab_size})
-  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
-      lambda: pretrain.build_model(cfg, jax.random.key(0)))))
-  step, params = checkpoint.restore_params(workdir, abstract, step)
-  write_hf_dir(params, cfg, 'pretraining', tok, out,
-               card=model_card(config, cfg, workdir, step))
-  reporting.log(f'exported step {step} of {workdir} to {out}')
-  return out
-
-
-def model_card(config, cfg: BertConfig, workdir: str, step: int) -> str:
-  final = {}
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if os.path.isfile(path):
-    with open(path, encoding='utf-8') as f:
-      for line in f:
-        final.update(json.loads(line))
-  metrics = '\n'.join(f'| {k} | {v:.4g} |' for k, v in sorted(final.items())
-                      if k != 'step' and isinstance(v, (int, float))) or '| (none logged) | |'
-  return f"""---
-library_name: transformers
-tags: [bert, fill-mask, bertjax]
----
-# BERT pre-trained with bertjax
-
-Load it with `transformers.BertForPreTraining.from_pretrained(path)` (or `AutoModel`).
-
-## Architecture
-BERT, post-LayerNorm: {cfg.num_layers} layers, hidden size {cfg.hidden_size},
-{cfg.num_heads} attention heads, feed-forward {cfg.intermediate_size}, vocabulary
-{cfg.vocab_size}, up to {cfg.max_position_embeddings} positions. Heads: masked-LM
-(decoder tied to the word embeddings) and next-sentence prediction.
-
-## Training
-- steps: {step} of {config.train.steps}, batch {config.train.batch_size}, sequence length {config.data.seq_len}
-- data: `{config.data.corpus}`; masking `{config.data.masking.kind}` at rate {config.data.masking.rate}
-- optimizer: AdamW, peak learning rate {config.optim.learning_rate}, warm-up {config.optim.warmup_steps}, {config.optim.decay} decay, weight decay {config.optim.weight_decay}
-- seed {config.seed}; config hash `{config_lib.config_hash(config)}`
-
-## Last logged metrics
-| metric | value |
-| --- | --- |
-{metrics}
-
-## Full config
-```json
-{config_lib.to_json(config)}
-```
-"""
+    files['README.md'] = card.encode()
+  return files

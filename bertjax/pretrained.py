@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bertjax import checkpoint, config_lib, hf, hf_weights
+from bertjax import hf_convert, weights, workdir as workdir_lib
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.models import heads
@@ -121,55 +121,25 @@ class PretrainedTokenizer:
 
 
 def from_pretrained(path: str) -> tuple[PretrainedModel, PretrainedTokenizer]:
-  """Loads a Hugging Face BERT directory or a bertjax workdir (its latest checkpoint)."""
-  if os.path.isfile(os.path.join(path, 'model.safetensors')) or os.path.isfile(
-      os.path.join(path, 'pytorch_model.bin')):
-    return _from_hf_dir(path)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return _from_workdir(path)
-  raise UserError(f'{path} is neither a Hugging Face model directory (config.json + '
-                  'model.safetensors) nor a bertjax workdir (config.json + checkpoints/)')
-
-
-def _from_hf_dir(path: str):
-  cfg, raw = hf.read_hf_config(path)
-  tensors = hf.read_safetensors(path)
-  kind = hf.checkpoint_kind(tensors, raw)
-  labels = hf.num_labels(tensors, kind)
-  module = heads.build(kind, cfg, num_labels=labels, rngs=nnx.Rngs(0))
+  """Loads a Hugging Face BERT directory or a bertjax workdir: a pre-training one's
+  latest checkpoint, a fine-tuned one's best weights with its task head."""
+  if not (workdir_lib.is_workdir(path) or os.path.isfile(os.path.join(path, 'config.json'))):
+    raise UserError(f'{path} is neither a Hugging Face model directory (config.json + '
+                    'model.safetensors) nor a bertjax workdir (config.json + checkpoints/)')
+  source = weights.open_weights(path)
+  cfg = source.model_cfg
+  module = heads.build(source.kind, cfg, num_labels=source.num_labels, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(module)
-  params, missing = hf_weights.from_hf(tensors, _rooted(nnx.to_pure_dict(state), kind), kind,
-                                       cfg.num_layers)
-  params = params['bert'] if kind == 'encoder' else params
-  if missing:
-    names = ', '.join('.'.join(map(str, p)) for p in missing[:5])
-    raise UserError(f'{path}: model.safetensors lacks {len(missing)} weight(s) of a '
-                    f'{hf_weights.HF_CLASSES[kind]}, e.g. {names}')
+  fresh = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+  params, _ = weights.transplant(source, fresh, source.kind, source.num_labels)
   nnx.replace_by_pure_dict(state, params)
-  tok = hf.load_hf_tokenizer(path)
-  return (PretrainedModel(nnx.merge(graphdef, state), kind, cfg, labels),
-          PretrainedTokenizer(tok, cfg.max_position_embeddings))
-
-
-def _from_workdir(workdir: str):
-  config = config_lib.load_workdir_config(workdir)
-  tok = tokenizer_lib.load(os.path.join(workdir, 'tokenizer'))
-  cfg = BertConfig.from_dict({**config.model.to_dict(), 'vocab_size': tok.vocab_size})
-  module = heads.BertForPreTraining(cfg, rngs=nnx.Rngs(0))
-  graphdef, state = nnx.split(module)
-  _, params = checkpoint.restore_params(workdir, nnx.to_pure_dict(state))
-  nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, params))
-  return (PretrainedModel(nnx.merge(graphdef, state), 'pretraining', cfg),
-          PretrainedTokenizer(tok, cfg.max_position_embeddings))
+  return (PretrainedModel(nnx.merge(graphdef, state), source.kind, cfg, source.num_labels),
+          PretrainedTokenizer(weights.open_tokenizer(path), cfg.max_position_embeddings))
 
 
 def save_pretrained(model: PretrainedModel, tokenizer: PretrainedTokenizer, out_dir: str) -> str:
-  """Writes a directory `transformers` loads with the class matching the model's head."""
-  params = _rooted(jax.tree.map(np.asarray, model.params), model.kind)
-  return hf.write_hf_dir(params, model.config, model.kind, tokenizer.tokenizer, out_dir,
+  """Writes a directory `transformers` loads with the class matching the model's head,
+  into a new or empty directory or over an earlier export (anything else is refused)."""
+  params = jax.tree.map(np.asarray, model.params)
+  return hf_convert.write_hf_dir(params, model.config, model.kind, tokenizer.tokenizer, out_dir,
                          num_labels=model.num_labels)
-
-
-def _rooted(params, kind: str):
-  """hf_weights names every encoder weight under 'bert'; a bare encoder has no root."""
-  return {'bert': params} if kind == 'encoder' else params

@@ -19,6 +19,7 @@ from flax import nnx
 
 from bertjax import optim, sharding
 from bertjax.errors import UserError
+from bertjax.models import heads
 from bertjax.tasks import pretrain
 
 
@@ -43,6 +44,17 @@ def pretraining(model_cfg) -> Objective:
                                                              c['nsp_count']),
       metrics_from_sums=pretrain.metrics_from_sums,
       evaluate=pretrain.batch_sums)
+
+
+def finetuning(task, model_cfg, num_labels: int) -> Objective:
+  """A fine-tuning task's objective (a tasks/ module: classify, tag or qa)."""
+  return Objective(
+      build_model=lambda key: heads.build(task.MODEL_KIND, model_cfg, num_labels=num_labels,
+                                          rngs=nnx.Rngs(params=key)),
+      batch_sums=task.batch_sums,
+      batch_counts=lambda batch: dict(count=task.batch_count(batch)),
+      loss_from_sums=lambda sums, c: sums['loss_sum'] / jnp.maximum(c['count'], 1.0),
+      metrics_from_sums=task.train_metrics, evaluate=task.predict)
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 import bertjax  # noqa: E402
-from bertjax import config_lib, hf, pretrained, train  # noqa: E402
+from bertjax import config_lib, hf, hf_convert, pretrained, train  # noqa: E402
 from bertjax.cli import main  # noqa: E402
 from bertjax.errors import UserError  # noqa: E402
 from bertjax.models import heads  # noqa: E402
@@ -68,10 +68,10 @@ def test_export_loads_in_transformers_and_matches(trained_workdir, tmp_path):
 
 def test_export_of_an_earlier_step(trained_workdir, tmp_path):
   out = str(tmp_path / 'step2')
-  hf.export_hf(trained_workdir, out, step=2)
+  hf_convert.export_hf(trained_workdir, out, step=2)
   assert 'steps: 2 of 4' in open(os.path.join(out, 'README.md')).read()
   with pytest.raises(UserError, match='no checkpoint at step 3'):
-    hf.export_hf(trained_workdir, str(tmp_path / 'x'), step=3)
+    hf_convert.export_hf(trained_workdir, str(tmp_path / 'x'), step=3)
 
 
 @pytest.mark.parametrize('kind, hf_class', [
@@ -125,7 +125,8 @@ def test_import_minilm_initialises_heads_and_training_continues(tmp_path, capsys
   workdir = str(tmp_path / 'imported')
   assert main(['import', '--format', 'hf', '--from', minilm_dir(), '--workdir', workdir]) == 0
   said = capsys.readouterr().out
-  assert 'not in the checkpoint, initialised: mlm.bias' in said and 'nsp.kernel' in said
+  assert ('initialised fresh, as' in said and 'cls.predictions (5 weights)' in said
+          and 'cls.seq_relationship (2 weights)' in said)
   results = train.train_and_evaluate(
       quickstart(**{'train.steps': 2, 'train.batch_size': 8, 'data.seq_len': 32,
                     'data.masking.max_predictions': 5, 'train.eval_batches': 1}), workdir)
@@ -142,7 +143,7 @@ def test_import_minilm_initialises_heads_and_training_continues(tmp_path, capsys
 
 def test_bad_hf_directories_say_what_is_wrong(tmp_path):
   with pytest.raises(UserError, match='has no config.json'):
-    hf.import_hf(str(tmp_path), str(tmp_path / 'w'))
+    hf_convert.import_hf(str(tmp_path), str(tmp_path / 'w'))
   (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'bert', 'vocab_size': 5}))
   (tmp_path / 'pytorch_model.bin').write_bytes(b'')
   with pytest.raises(UserError, match='pickle'):

@@ -1,0 +1,128 @@
+"""The workdir contract: where each file of a run lives, and how it is written.
+
+    WORKDIR/config.json     the resolved config (`bertjax import` writes one too)
+    WORKDIR/tokenizer/      the run's vocabulary (spm.model, or vocab.txt + tokenizer_config.json)
+    WORKDIR/checkpoints/N/  orbax checkpoints (train state and data iterator, or params only)
+    WORKDIR/task.json       fine-tuning: head kind and label names
+    WORKDIR/best/N/         fine-tuning: the weights with the best task metric so far
+    WORKDIR/best.json       ... and that evaluation's metrics
+    WORKDIR/metrics.jsonl   one JSON object a logged step; WORKDIR/tensorboard/ the same
+    WORKDIR/profile/        `--profile` traces
+    WORKDIR/.lock           the run that holds the workdir (see run_lock.py)
+
+Paths go through `etils.epath`, so a workdir may be a local directory or a URL such
+as `gs://bucket/run`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+
+import jax
+from etils import epath
+
+from bertjax.errors import UserError
+
+CONFIG = 'config.json'
+TOKENIZER = 'tokenizer'
+CHECKPOINTS = 'checkpoints'
+TASK = 'task.json'
+BEST = 'best'
+BEST_METRICS = 'best.json'
+METRICS = 'metrics.jsonl'
+TENSORBOARD = 'tensorboard'
+PROFILE = 'profile'
+LOCK = '.lock'
+
+
+def path(workdir: str | os.PathLike) -> epath.Path:
+  """The workdir as an absolute epath (URLs such as gs:// stay as they are)."""
+  p = epath.Path(workdir)
+  return p if is_url(p) else epath.Path(os.path.abspath(os.fspath(p)))
+
+
+def is_url(p: str | os.PathLike) -> bool:
+  return '://' in os.fspath(p)
+
+
+def create(workdir: str | os.PathLike) -> epath.Path:
+  """Makes sure the workdir exists and can be written; one line if it cannot."""
+  p = path(workdir)
+  if p.exists() and not p.is_dir():
+    raise UserError(f'--workdir {workdir} is a file, not a directory; choose a directory')
+  try:
+    p.mkdir(parents=True, exist_ok=True)
+    probe = p / f'.write-test-{uuid.uuid4().hex}'
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    raise UserError(f'cannot write to --workdir {workdir}: {e.strerror or e}; choose a '
+                    'directory you can write to') from None
+  return p
+
+
+def started(workdir: str | os.PathLike) -> bool:
+  """Whether a run has trained in this workdir (a checkpoint or a logged step)."""
+  p = path(workdir)
+  return has_checkpoints(p) or (p / METRICS).exists()
+
+
+def has_checkpoints(workdir: str | os.PathLike, subdir: str = CHECKPOINTS) -> bool:
+  d = path(workdir) / subdir
+  return d.is_dir() and any(c.name.isdigit() for c in d.iterdir())
+
+
+def is_workdir(p: str | os.PathLike) -> bool:
+  """A bertjax workdir (as opposed to a Hugging Face model directory)."""
+  p = path(p)
+  return (p / CONFIG).exists() and (p / CHECKPOINTS).is_dir()
+
+
+def is_finetuned(workdir: str | os.PathLike) -> bool:
+  return (path(workdir) / TASK).exists()
+
+
+def write_text(target: epath.Path, text: str) -> None:
+  """Writes a small file whole or not at all: a local file through a temporary
+  sibling renamed over it; an object store writes objects atomically already."""
+  target = epath.Path(target)
+  if is_url(target):
+    target.write_text(text)
+    return
+  tmp = target.parent / f'.{target.name}.{uuid.uuid4().hex}.tmp'
+  try:
+    tmp.write_text(text)
+    os.replace(tmp, target)
+  except OSError as e:
+    if tmp.exists():
+      tmp.unlink()
+    raise UserError(f'cannot write {target}: {e.strerror or e}') from None
+
+
+def read_json(target: epath.Path) -> dict:
+  try:
+    return json.loads(epath.Path(target).read_text())
+  except json.JSONDecodeError as e:
+    raise UserError(f'{target} is not valid JSON ({e.msg}, line {e.lineno}); restore it '
+                    'or use a new --workdir') from None
+
+
+@dataclasses.dataclass
+class TaskInfo:
+  """What a fine-tuned workdir holds: the task, its head kind and label names."""
+  kind: str               # classify, tag or qa
+  model_kind: str         # the heads.build kind
+  label_names: tuple[str, ...]
+  num_labels: int
+
+  @classmethod
+  def read(cls, workdir: str | os.PathLike) -> 'TaskInfo':
+    d = read_json(path(workdir) / TASK)
+    return cls(d['kind'], d['model_kind'], tuple(d['label_names']), d['num_labels'])
+
+  def write(self, workdir: str | os.PathLike) -> None:
+    if jax.process_index() != 0:
+      return
+    write_text(path(workdir) / TASK, json.dumps(dataclasses.asdict(self), indent=2))

@@ -1,0 +1,141 @@
+"""Opening weights refuses holes: every missing, unexpected or mis-shaped encoder
+weight is named, and only heads a checkpoint never had are initialised."""
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+
+import bertjax  # noqa: E402
+from bertjax import hf, weights  # noqa: E402
+from bertjax.cli import main  # noqa: E402
+from bertjax.errors import UserError  # noqa: E402
+
+WORDS = ['the', 'a', 'city', 'river', 'paris', 'france', 'is', 'in', 'of', '.', ',']
+SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def hf_dir(path, model_class='BertModel'):
+  """A tiny random `transformers` BERT saved with its vocabulary."""
+  vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'] + WORDS
+  cfg = transformers.BertConfig(vocab_size=len(vocab), **SIZES)
+  torch.manual_seed(0)
+  getattr(transformers, model_class)(cfg).save_pretrained(path)
+  (path / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
+  return path
+
+
+def edit_tensors(path, fn):
+  tensors = load_file(str(path / 'model.safetensors'))
+  save_file(fn(tensors), str(path / 'model.safetensors'), metadata={'format': 'pt'})
+
+
+def edit_config(path, **changes):
+  raw = json.loads((path / 'config.json').read_text())
+  raw.update(changes)
+  (path / 'config.json').write_text(json.dumps(raw))
+
+
+def import_error(src, tmp_path, capsys):
+  capsys.readouterr()  # transformers' own progress output from saving the source
+  assert main(['import', '--from', str(src), '--workdir', str(tmp_path / 'w')]) == 2
+  assert not (tmp_path / 'w').exists()  # refused before anything was written
+  return capsys.readouterr().err.strip()
+
+
+def test_bare_encoder_imports_with_heads_listed(tmp_path, capsys):
+  src = hf_dir(tmp_path / 'hf')
+  assert main(['import', '--from', str(src), '--workdir', str(tmp_path / 'w')]) == 0
+  out = capsys.readouterr().out
+  assert 'cls.predictions (5 weights), cls.seq_relationship (2 weights)' in out
+  model, _ = bertjax.from_pretrained(str(tmp_path / 'w'))
+  reference = load_file(str(src / 'model.safetensors'))
+  np.testing.assert_array_equal(
+      model.params['bert']['layers'][1]['output']['bias'],
+      reference['encoder.layer.1.output.dense.bias'])
+
+
+def test_missing_query_projection_is_refused(tmp_path, capsys):
+  src = hf_dir(tmp_path / 'hf')
+  edit_tensors(src, lambda t: {k: v for k, v in t.items()
+                               if k != 'encoder.layer.1.attention.self.query.weight'})
+  err = import_error(src, tmp_path, capsys)
+  assert err.count('\n') == 0
+  assert 'lacks 1 weight(s) the model needs (bert.encoder.layer.1.attention.self.query.weight)' in err
+  with pytest.raises(UserError, match='query.weight'):
+    bertjax.from_pretrained(str(src))
+
+
+def test_config_claiming_more_layers_than_weights_is_refused(tmp_path, capsys):
+  src = hf_dir(tmp_path / 'hf')
+  edit_config(src, num_hidden_layers=4)
+  assert 'lacks 32 weight(s)' in import_error(src, tmp_path, capsys)
+
+
+def test_config_claiming_fewer_layers_is_refused(tmp_path, capsys):
+  src = hf_dir(tmp_path / 'hf')
+  edit_config(src, num_hidden_layers=1)
+  assert "has 16 weight(s) a 1-layer BERT does not (bert.encoder.layer.1." in import_error(
+      src, tmp_path, capsys)
+
+
+def test_hidden_size_unlike_the_weights_is_refused(tmp_path, capsys):
+  src = hf_dir(tmp_path / 'hf')
+  edit_config(src, hidden_size=64)
+  err = import_error(src, tmp_path, capsys)
+  assert 'mis-shaped weight(s)' in err and 'expected' in err
+
+
+@pytest.mark.parametrize('text, message', [
+    ('{"model_type": "bert", "vocab_si', 'is not valid JSON'),
+    ('[1, 2]', 'holds a list, not a BERT config'),
+])
+def test_malformed_config_json(tmp_path, capsys, text, message):
+  src = hf_dir(tmp_path / 'hf')
+  (src / 'config.json').write_text(text)
+  assert message in import_error(src, tmp_path, capsys)
+
+
+@pytest.mark.parametrize('changes, message', [
+    (dict(hidden_size='32'), "hidden_size is '32', not a positive whole number"),
+    (dict(num_hidden_layers=0), 'num_hidden_layers is 0'),
+    (dict(num_attention_heads=3), 'not a multiple of num_attention_heads 3'),
+    (dict(hidden_dropout_prob='x'), "hidden_dropout_prob is 'x'"),
+])
+def test_bad_config_values(tmp_path, capsys, changes, message):
+  src = hf_dir(tmp_path / 'hf')
+  edit_config(src, **changes)
+  assert message in import_error(src, tmp_path, capsys)
+
+
+def test_pretraining_checkpoint_without_nsp_gets_a_fresh_nsp_head(tmp_path):
+  src = hf_dir(tmp_path / 'hf', 'BertForPreTraining')
+  edit_tensors(src, lambda t: {k: v for k, v in t.items()
+                               if not k.startswith('cls.seq_relationship')})
+  source = weights.open_weights(str(src))
+  fresh = weights.initial_params('pretraining', source.model_cfg)
+  params, initialised = weights.transplant(source, fresh, 'pretraining')
+  assert initialised == ['cls.seq_relationship.bias', 'cls.seq_relationship.weight']
+  np.testing.assert_array_equal(params['nsp']['kernel'], fresh['nsp']['kernel'])
+  # Part of a head is a hole, not a head it never had.
+  edit_tensors(src, lambda t: {k: v for k, v in t.items() if k != 'cls.predictions.bias'})
+  with pytest.raises(UserError, match=r'lacks 1 weight\(s\) the model needs \(cls.predictions.bias\)'):
+    weights.transplant(weights.open_weights(str(src)), fresh, 'pretraining')
+
+
+def test_classifier_of_another_label_count_is_refused(tmp_path):
+  src = hf_dir(tmp_path / 'hf', 'BertForSequenceClassification')
+  source = weights.open_weights(str(src))
+  assert source.kind == 'sequence_classification' and source.num_labels == 2
+  fresh = weights.initial_params('sequence_classification', source.model_cfg, num_labels=3)
+  with pytest.raises(UserError, match='2-label sequence_classification head but the task has 3'):
+    weights.transplant(source, fresh, 'sequence_classification', num_labels=3)
+  # Its encoder still serves another head kind; the classifier is not used.
+  params, initialised = weights.transplant(
+      source, weights.initial_params('question_answering', source.model_cfg),
+      'question_answering')
+  assert initialised == ['qa_outputs.bias', 'qa_outputs.weight']
+  assert hf.read_hf_config(str(src))[0].num_layers == 2
