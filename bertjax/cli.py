@@ -32,8 +32,12 @@ def split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> list
 
 def _train(args, overrides):
   config = _config_from_args(args.config, overrides)
-  from bertjax import distributed, finetune, train
-  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  import jax
+  from bertjax import distributed, finetune, sharding, train
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         expect_devices=args.expect_devices)
+  # A mesh the devices cannot hold stops here, before the workdir is touched.
+  sharding.mesh_shape(config.mesh, jax.device_count())
   if finetune.is_finetune_config(config):
     if args.profile:
       raise UserError('--profile traces pre-training runs only')
@@ -106,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
   multihost.add_argument('--coordinator_address', help='host:port of process 0')
   multihost.add_argument('--num_processes', type=int)
   multihost.add_argument('--process_id', type=int)
+  multihost.add_argument('--expect_devices', type=int, metavar='N',
+                         help='stop unless JAX sees at least N devices in all (default: '
+                         'what SLURM or the TPU type asked for)')
   train.set_defaults(run=_train)
 
   cmp = commands.add_parser(
