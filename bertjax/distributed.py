@@ -86,7 +86,11 @@ def expected_devices(cluster: str | None, env) -> tuple[int | None, str]:
   per_slice = tpu_devices(accelerator)
   if per_slice is None:
     return None, ''
-  slices = int(env.get('MEGASCALE_NUM_SLICES', '1'))
+  slices = env.get('MEGASCALE_NUM_SLICES')
+  if slices is None and cluster == 'gcetpu':  # multislice GCE TPUs list it in tpu-env
+    from jax._src.clusters import cloud_tpu_cluster
+    slices = cloud_tpu_cluster.get_tpu_env_value('MEGASCALE_NUM_SLICES')
+  slices = int(slices or 1)
   return per_slice * slices, f'TPU accelerator type {accelerator} x {slices} slice(s)'
 
 

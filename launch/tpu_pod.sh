@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Run an experiment on every worker of a Cloud TPU VM slice. Each run copies this
-# checkout (without .git, .venv, runs/, logs/, build/) to its own directory on every worker,
+# checkout (without .git, .venv, runs/, build/) to its own directory on every worker,
 # so a re-run, the way to resume, never runs the previous run's code; it installs a
 # Python 3.11 environment there with uv and runs the same command on all workers;
 # jax.distributed finds the slice through the metadata server. Each worker's output
-# goes to logs/tpu_pod/RUN/worker-I.log here.
+# goes to runs/tpu_pod/RUN/worker-I.log here.
 #   launch/tpu_pod.sh [--dry-run] TPU_NAME ZONE experiments/bert_base.py gs://bucket/run \
 #     [--config.x=y ...]
 # The workdir must be on storage every host sees (a gs:// bucket). Preemption sends
@@ -26,7 +26,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 run_id=$(date -u +%Y%m%d-%H%M%S)-$$-$RANDOM
 remote_dir=bertjax-runs/$run_id  # under each worker's home directory
 bundle=${TMPDIR:-/tmp}/bertjax-$run_id.tgz
-log_dir=logs/tpu_pod/$run_id
+log_dir=runs/tpu_pod/$run_id  # runs/ is git-ignored and never copied
 
 # One ipAddress a worker; gcloud's value() joins a list with ';'.
 endpoints=$(gcloud compute tpus tpu-vm describe "$tpu" --zone "$zone" \
@@ -37,7 +37,7 @@ if [ "${#workers[@]}" = 0 ]; then
   exit 2
 fi
 
-run tar -C "$repo" --exclude=./.git --exclude=./.venv --exclude=./runs --exclude=./logs \
+run tar -C "$repo" --exclude=./.git --exclude=./.venv --exclude=./runs \
   --exclude=./build --exclude=./.pytest_cache \
   --exclude=__pycache__ --exclude='*.egg-info' -czf "$bundle" .
 run gcloud compute tpus tpu-vm scp "$bundle" "$tpu:bertjax-$run_id.tgz" --zone "$zone" \
