@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from bertjax.errors import UserError
@@ -36,8 +37,13 @@ def _train(args, overrides):
   from bertjax import distributed, finetune, sharding, train
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          expect_devices=args.expect_devices)
-  # A mesh the devices cannot hold stops here, before the workdir is touched.
-  sharding.mesh_shape(config.mesh, jax.device_count())
+  # A mesh the devices cannot hold stops here, before the workdir is touched. One host
+  # may leave devices out (a reference run); several cannot: each feeds its own.
+  shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, jax.device_count())))
+  if jax.process_count() > 1 and math.prod(shape.values()) != jax.device_count():
+    raise UserError(f'mesh {shape} uses {math.prod(shape.values())} of the '
+                    f'{jax.device_count()} devices of this {jax.process_count()}-process run; '
+                    'size it to all of them, e.g. --config.mesh.data=-1')
   if finetune.is_finetune_config(config):
     if args.profile:
       raise UserError('--profile traces pre-training runs only')

