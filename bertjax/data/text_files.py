@@ -71,4 +71,3 @@ def text_file_documents(pattern: str, doc_mode: str = 'blank_line') -> list[list
     raise UserError(f'corpus {pattern!r} holds no text; point the corpus at non-empty '
                     'UTF-8 files')
   return documents
-

@@ -13,6 +13,7 @@ from typing import Iterator
 from bertjax.data.text_files import split_sentences
 from bertjax.errors import UserError
 
+
 def _text_feature(features, name: str) -> str:
   from tensorflow_datasets import features as tfds_features
   texts = sorted(k for k, f in features.items() if isinstance(f, tfds_features.Text))
@@ -84,4 +85,3 @@ def tfds_documents(spec: str) -> list[list[str]]:
   if not documents:
     raise UserError(f'tfds dataset {name!r} split {split!r} holds no text')
   return documents
-
