@@ -108,7 +108,8 @@ def measure(config, *, steps_to_time: int = 20, warmup: int = 3,
 def padding_efficiency(config, workdir: str, batches: int = 20) -> float:
   """Share of real (non-padding) tokens in the config's own input batches."""
   from bertjax.data import pipeline
-  data = pipeline.build(config, workdir)
+  data = pipeline.build(config.data, batch_size=config.train.batch_size,
+                        eval_batches=config.train.eval_batches, seed=config.seed, workdir=workdir)
   iterator = pipeline.train_iterator(data, 0)
   masks = [next(iterator)['attention_mask'] for _ in range(batches)]
   return float(np.mean([(m > 0).mean() for m in masks]))

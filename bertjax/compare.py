@@ -67,7 +67,7 @@ def shared_tokenizer(config, workdir: str) -> str:
     data = config.pretrain.data
     documents = corpus.load_documents(data.corpus, num_embedded=data.embedded_documents,
                                       seed=config.pretrain.seed, doc_mode=data.doc_mode)
-    pipeline.load_or_train_tokenizer(data, documents, workdir)
+    pipeline.load_or_train_tokenizer(data, documents, workdir, seed=config.pretrain.seed)
   return directory
 
 
@@ -76,7 +76,8 @@ def held_out_mlm_accuracy(config, workdir: str, kind: str) -> float:
   (same rows, same seed for every variant, so the `token` figures compare)."""
   c = config_lib.ConfigDict(config.to_dict())
   c.data.masking.kind = kind
-  data = pipeline.build(c, workdir)
+  data = pipeline.build(c.data, batch_size=c.train.batch_size, eval_batches=c.train.eval_batches,
+                        seed=c.seed, workdir=workdir)
   model_cfg = train.model_config(c, data.tokenizer.vocab_size)
   mesh, rules = sharding.make_mesh(c.mesh), sharding.rules_from_config(c.mesh)
   fns = steps.build(c, model_cfg, mesh, rules)

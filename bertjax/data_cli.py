@@ -1,5 +1,6 @@
-"""`bertjax data tokenizer|prepare|inspect`: build a vocabulary, pre-tokenize a
-corpus, and look at what training will see before spending accelerator time on it.
+"""`bertjax data tokenizer|prepare|tfds|inspect`: build a vocabulary, pre-tokenize a
+corpus, build a tensorflow-datasets dataset from local files, and look at what
+training will see before spending accelerator time on it.
 
 `add_data_commands(subparsers)` registers the commands; each sets `run(args,
 overrides)` like the commands in `bertjax.cli`.
@@ -45,11 +46,12 @@ def _tokenizer(args, overrides):
 
 def _prepare(args, overrides):
   _no_overrides(overrides, 'prepare')
-  from bertjax.data import prepare
+  from bertjax.data import instances, prepare
   settings = None
   if args.seq_len:
-    settings = dict(seq_len=args.seq_len, short_seq_prob=args.short_seq_prob,
-                    sentence_objective=args.sentence_objective, packing=args.packing)
+    settings = instances.InstanceSettings(
+        seq_len=args.seq_len, short_seq_prob=args.short_seq_prob,
+        sentence_objective=args.sentence_objective, packing=args.packing)
   manifest = prepare.prepare(args.corpus, args.out, args.tokenizer, doc_mode=args.doc_mode,
                              seed=args.seed, eval_fraction=args.eval_fraction,
                              num_embedded=args.embedded_documents, instance_settings=settings)
@@ -75,12 +77,12 @@ def _pieces(tok, ids) -> str:
 
 def _inspect(args, overrides):
   _no_overrides(overrides, 'inspect')
-  from bertjax.data import prepare, tokenizer
-  if prepare.is_prepared(args.corpus):
+  from bertjax.data import prepared, tokenizer
+  if prepared.is_prepared(args.corpus):
     tok = (tokenizer.load(args.tokenizer) if args.tokenizer
-           else prepare.prepared_tokenizer(args.corpus))
-    ids_docs = [d for split in prepare.read_manifest(args.corpus)['splits']
-                for d in prepare.load_prepared(args.corpus, split, tok)]
+           else prepared.prepared_tokenizer(args.corpus))
+    ids_docs = [d for split in prepared.read_manifest(args.corpus)['splits']
+                for d in prepared.load_prepared(args.corpus, split, tok)]
     documents = [[tok.decode(s) for s in d] for d in ids_docs[:args.n]]
   else:
     documents = _documents(args)
@@ -105,6 +107,46 @@ def _inspect(args, overrides):
       print(f'  {sentence}')
       if tok is not None:
         print(f'    {_pieces(tok, ids_docs[n][k])}')
+
+
+def _tfds(args, overrides):
+  _no_overrides(overrides, 'tfds')
+  from bertjax.data import tfds_builders
+  data_dir = args.data_dir or os.environ.get('TFDS_DATA_DIR')  # None: tfds's default
+  if args.corpus:
+    builder = tfds_builders.build_text_dataset(
+        args.corpus, data_dir, name=args.name, doc_mode=args.doc_mode,
+        eval_fraction=args.eval_fraction, seed=args.seed)
+  else:
+    if args.text_a is None or args.label is None:
+      raise UserError('data tfds --tsv needs --text_a and --label (header names, or 0-based '
+                      'indices with --no_header)')
+    builder = tfds_builders.build_tsv_dataset(
+        dict(_split_file(f) for f in args.tsv), data_dir, name=args.name,
+        text_a=_column(args.text_a, args), label=_column(args.label, args),
+        text_b=None if args.text_b is None else _column(args.text_b, args),
+        header=not args.no_header)
+  for split, info in sorted(builder.info.splits.items()):
+    print(f'{split}: {info.num_examples} examples')
+  name = f'{builder.name}/{args.name}'
+  print(f'wrote {builder.data_dir}; read it with TFDS_DATA_DIR={builder.data_dir_root} and '
+        f'tfds:{name}')
+
+
+def _column(value: str, args) -> str | int:
+  if not args.no_header:
+    return value
+  try:
+    return int(value)
+  except ValueError:
+    raise UserError(f'with --no_header a column is a 0-based index, not {value!r}') from None
+
+
+def _split_file(text: str) -> tuple[str, str]:
+  split, sep, path = text.partition('=')
+  if not sep or not split or not path:
+    raise UserError(f'--tsv {text!r} is not SPLIT=PATH; write e.g. --tsv train=train.tsv')
+  return split, path
 
 
 def add_data_commands(subparsers) -> argparse.ArgumentParser:
@@ -140,6 +182,29 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
   prep.add_argument('--sentence_objective', choices=['nsp', 'sop', 'none'], default='nsp')
   prep.add_argument('--packing', action='store_true', help='pack documents into full rows')
   prep.set_defaults(run=_prepare)
+
+  tfds_help = ('build a tensorflow-datasets dataset (array_record) from text files '
+               '(local_text/NAME) or TSV files (local_tsv/NAME)')
+  tf = commands.add_parser('tfds', help=tfds_help, description=tfds_help)
+  source = tf.add_mutually_exclusive_group(required=True)
+  source.add_argument('--corpus', help='text file or glob: one document a --doc_mode unit')
+  source.add_argument('--tsv', action='append', metavar='SPLIT=PATH',
+                      help='a split\'s TSV file or glob (repeat for each split)')
+  tf.add_argument('--name', required=True, help='the builder config name: local_text/NAME')
+  tf.add_argument('--data_dir', help='where to write (default: TFDS_DATA_DIR, else '
+                  '~/tensorflow_datasets)')
+  tf.add_argument('--doc_mode', choices=['file', 'blank_line', 'line'], default='blank_line',
+                  help='for --corpus: what one document is (default: blank-line blocks)')
+  tf.add_argument('--eval_fraction', type=float, default=0.0,
+                  help='for --corpus: documents to hold out as split "eval"')
+  tf.add_argument('--seed', type=int, default=0, help='for --corpus: picks the held-out ones')
+  tf.add_argument('--text_a', help='for --tsv: the first text column (header name, or '
+                  '0-based index with --no_header)')
+  tf.add_argument('--text_b', help='for --tsv: the optional second text column')
+  tf.add_argument('--label', help='for --tsv: the label column')
+  tf.add_argument('--no_header', action='store_true', help='for --tsv: the files have no '
+                  'header row, so columns are 0-based indices')
+  tf.set_defaults(run=_tfds)
 
   insp = corpus_parser('inspect', 'print counts and a few documents, tokenized if asked')
   insp.add_argument('--tokenizer', help='directory with spm.model or vocab.txt')

@@ -120,7 +120,8 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
     adopt_tokenizer(config.init, workdir)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
-  data = pipeline.build(config, workdir)
+  data = pipeline.build(config.data, batch_size=config.train.batch_size,
+                        eval_batches=config.train.eval_batches, seed=config.seed, workdir=workdir)
   model_cfg = model_config(config, data.tokenizer.vocab_size)
   if config.data.seq_len > model_cfg.max_position_embeddings:
     raise UserError(f'data.seq_len {config.data.seq_len} exceeds the model\'s '

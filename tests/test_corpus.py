@@ -1,5 +1,6 @@
-"""Corpora: text-file document modes, tfds builders read back without TensorFlow,
-`tfds:` corpora, pre-tokenized array_record directories and `bertjax data`."""
+"""Corpora: text-file document modes, the held-out rule, tfds builders read back
+without TensorFlow, `tfds:` corpora, pre-tokenized array_record directories and
+`bertjax data`."""
 import argparse
 import json
 import os
@@ -11,7 +12,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from bertjax import data_cli
-from bertjax.data import corpus, prepare, tfds_builders, tokenizer as tokenizer_lib
+from bertjax.data import (corpus, embedded, instances, pipeline, prepare, prepared, splits,
+                          tfds_builders, text_files, tokenizer as tokenizer_lib)
 from bertjax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,34 +35,41 @@ def texts(tmp_path):
 @pytest.fixture(scope='module')
 def tok_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp('tok')
-  sentences = [s for doc in corpus.embedded_documents(200, seed=0) for s in doc]
+  sentences = [s for doc in embedded.embedded_documents(200, seed=0) for s in doc]
   tokenizer_lib.train_sentencepiece(sentences, str(d / 'spm.model'), vocab_size=200)
   return str(d)
 
 
 def test_text_files_in_each_doc_mode(texts):
-  assert corpus.text_file_documents(texts, 'file') == [
+  assert text_files.text_file_documents(texts, 'file') == [
       ['One.', 'Two!', 'Three?', 'Four.'], ['Five six.', 'Seven.', 'Eight.', 'Nine ten.'],
       ['Eleven.', '\u200b', 'Twelve.', 'Thirteen.']]
-  assert corpus.text_file_documents(texts, 'blank_line')[:4] == [
+  assert text_files.text_file_documents(texts, 'blank_line')[:4] == [
       ['One.', 'Two!', 'Three?'], ['Four.'], ['Five six.'], ['Seven.', 'Eight.', 'Nine ten.']]
-  assert corpus.text_file_documents(texts, 'line')[:4] == [
+  assert text_files.text_file_documents(texts, 'line')[:4] == [
       ['One.', 'Two!'], ['Three?'], ['Four.'], ['Five six.']]
   assert corpus.load_documents(texts, num_embedded=0, seed=0, doc_mode='line') == \
-      corpus.text_file_documents(texts, 'line')
+      text_files.text_file_documents(texts, 'line')
   with pytest.raises(UserError, match='doc_mode'):
-    corpus.text_file_documents(texts, 'paragraph')
+    text_files.text_file_documents(texts, 'paragraph')
   with pytest.raises(UserError, match=r'is a directory .*\*\.txt'):
     corpus.load_documents(os.path.dirname(texts), num_embedded=0, seed=0)
 
 
-def test_eval_indices_are_seeded_and_never_take_everything():
-  assert corpus.eval_indices(100, 0.1, seed=1) == corpus.eval_indices(100, 0.1, seed=1)
-  assert corpus.eval_indices(100, 0.1, seed=1) != corpus.eval_indices(100, 0.1, seed=2)
-  assert len(corpus.eval_indices(5, 0.01, seed=0)) == 1
-  assert corpus.eval_indices(5, 0.0, seed=0) == set()
+def test_held_out_rule_is_seeded_and_never_takes_everything():
+  train, held_out = splits.split_indices(100, 0.1, seed=1)
+  assert (train, held_out) == splits.split_indices(100, 0.1, seed=1)
+  assert held_out != splits.split_indices(100, 0.1, seed=2)[1]
+  assert len(held_out) == 10 and sorted(train + held_out) == list(range(100))
+  assert len(splits.split_indices(5, 0.01, seed=0)[1]) == 1
   with pytest.raises(UserError, match='at least two'):
-    corpus.eval_indices(1, 0.5, seed=0)
+    splits.split_indices(1, 0.5, seed=0)
+  with pytest.raises(UserError, match=r'must be in \[0, 1\)'):
+    splits.split_indices(10, 1.0, seed=0)
+
+
+def _held_out(n, eval_fraction, seed):
+  return set(splits.split_indices(n, eval_fraction, seed)[1])
 
 
 def test_text_builder_writes_array_record_read_by_data_source(texts, tmp_path):
@@ -74,8 +83,8 @@ def test_text_builder_writes_array_record_read_by_data_source(texts, tmp_path):
 
   sources = tfds.data_source('local_text/mine', data_dir=data_dir)
   read = {split: [ex['text'].decode() for ex in source] for split, source in sources.items()}
-  docs = corpus.text_file_documents(texts, 'blank_line')
-  held_out = corpus.eval_indices(len(docs), 0.3, seed=5)
+  docs = text_files.text_file_documents(texts, 'blank_line')
+  held_out = _held_out(len(docs), 0.3, seed=5)
   assert read['eval'] == ['\n'.join(d) for i, d in enumerate(docs) if i in held_out]
   assert read['train'] == ['\n'.join(d) for i, d in enumerate(docs) if i not in held_out]
   assert sources['train'][1] == {'text': read['train'][1].encode()}  # random access
@@ -87,7 +96,7 @@ def test_tfds_corpus_reads_a_prepared_dataset_by_name(texts, tmp_path, monkeypat
   tfds_builders.build_text_dataset(texts, data_dir, name='lines', doc_mode='line')
   monkeypatch.setenv('TFDS_DATA_DIR', data_dir)
   assert corpus.load_documents('tfds:local_text/lines', num_embedded=0, seed=0) == \
-      corpus.text_file_documents(texts, 'line')
+      text_files.text_file_documents(texts, 'line')
   assert corpus.load_documents('tfds:local_text/lines:train[:2]', num_embedded=0, seed=0) == \
       [['One.', 'Two!'], ['Three?']]
   with pytest.raises(UserError, match=r"no split 'eval'.*\['train'\]"):
@@ -173,12 +182,12 @@ def test_prepare_round_trip_equals_tokenizing_directly(texts, tok_dir, tmp_path,
   manifest = prepare.prepare(texts, out, tok_dir, doc_mode='blank_line', seed=3,
                              eval_fraction=0.2)
   tok = tokenizer_lib.load(tok_dir)
-  docs = corpus.text_file_documents(texts)
-  held_out = corpus.eval_indices(len(docs), 0.2, seed=3)
+  docs = text_files.text_file_documents(texts)
+  held_out = _held_out(len(docs), 0.2, seed=3)
   expected = {'train': _tokenize(tok, [d for i, d in enumerate(docs) if i not in held_out]),
               'eval': _tokenize(tok, [d for i, d in enumerate(docs) if i in held_out])}
   for split, want in expected.items():
-    got = prepare.load_prepared(out, split, tok)
+    got = prepared.load_prepared(out, split, tok)
     assert [[s.tolist() for s in d] for d in got] == want
     assert all(s.dtype == 'int32' for d in got for s in d)
     assert manifest['splits'][split]['tokens'] == sum(len(s) for d in want for s in d)
@@ -188,7 +197,7 @@ def test_prepare_round_trip_equals_tokenizing_directly(texts, tok_dir, tmp_path,
   assert manifest['tokenizer']['vocab_size'] == tok.vocab_size
   second_shard = os.path.join(out, manifest['splits']['train']['shards'][1])
   shard = grain.sources.ArrayRecordDataSource([second_shard])  # random access by grain
-  assert [s.tolist() for s in prepare.decode_record(shard[0])] == expected['train'][2]
+  assert [s.tolist() for s in prepared.decode_record(shard[0])] == expected['train'][2]
   # The corpus string accepts the directory: documents decoded back to text.
   assert corpus.load_documents(out, num_embedded=0, seed=0)[0] == [
       tok.decode(s) for s in expected['train'][0]]
@@ -198,19 +207,19 @@ def test_prepared_directory_refuses_another_tokenizer_and_foreign_out(texts, tok
   out = str(tmp_path / 'prepared')
   prepare.prepare(texts, out, tok_dir)
   other = tokenizer_lib.train_sentencepiece(
-      [s for d in corpus.embedded_documents(50, seed=1) for s in d],
+      [s for d in embedded.embedded_documents(50, seed=1) for s in d],
       str(tmp_path / 'other' / 'spm.model'), vocab_size=120)
   with pytest.raises(UserError, match='prepared with another tokenizer'):
-    prepare.load_prepared(out, 'train', other)
+    prepared.load_prepared(out, 'train', other)
   with pytest.raises(UserError, match=r"no split 'eval'"):
-    prepare.load_prepared(out, 'eval')
+    prepared.load_prepared(out, 'eval')
   (tmp_path / 'notes').mkdir()
   (tmp_path / 'notes' / 'keep.txt').write_text('mine')
   with pytest.raises(UserError, match='not a prepared corpus'):
     prepare.prepare(texts, str(tmp_path / 'notes'), tok_dir)
   assert (tmp_path / 'notes' / 'keep.txt').read_text() == 'mine'
   prepare.prepare(texts, out, tok_dir, doc_mode='line')  # replaces its own output
-  assert prepare.read_manifest(out)['doc_mode'] == 'line'
+  assert prepared.read_manifest(out)['doc_mode'] == 'line'
 
 
 def _run(argv):
@@ -267,9 +276,73 @@ def test_wikitext2_through_tfds_and_prepare(tok_dir, tmp_path):
                                              doc_mode='line', eval_fraction=0.01)
   assert sum(s.num_examples for s in builder.info.splits.values()) == len(lines)
   source = builder.as_data_source('train')
-  assert source[0]['text'].decode() == '\n'.join(corpus.split_sentences(lines[0]))
+  assert source[0]['text'].decode() == '\n'.join(text_files.split_sentences(lines[0]))
   assert lines[0].startswith('= Homarus gammarus =')
   manifest = prepare.prepare(path, str(tmp_path / 'prepared'), tok_dir, doc_mode='line')
-  docs = prepare.load_prepared(str(tmp_path / 'prepared'))
+  docs = prepared.load_prepared(str(tmp_path / 'prepared'))
   assert manifest['splits']['train']['documents'] == len(docs) == len(lines)
   assert sum(len(s) for d in docs for s in d) == manifest['splits']['train']['tokens'] > 100_000
+
+
+def _data_config(**overrides):
+  from bertjax import config_lib
+  c = config_lib.load_config(os.path.join(ROOT, 'experiments', 'quickstart.py') + ':local')
+  return config_lib.apply_overrides(c, [f'{k}={v}' for k, v in overrides.items()]).data
+
+
+def test_prepared_splits_are_read_as_stored_and_fix_the_tokenizer(texts, tok_dir, tmp_path,
+                                                                    capsys):
+  out = str(tmp_path / 'prepared')
+  prepare.prepare(texts, out, tok_dir, seed=5, eval_fraction=0.3,
+                  instance_settings=instances.InstanceSettings(
+                      seq_len=64, short_seq_prob=0.1, sentence_objective='nsp', packing=False))
+  work = str(tmp_path / 'work')
+  # A run on the text that failed before training left a tokenizer trained on it.
+  pipeline.load_or_train_tokenizer(_data_config(**{'data.tokenizer.vocab_size': 150}),
+                                   embedded.embedded_documents(60), work, seed=0)
+  capsys.readouterr()
+  # The split stored is used whatever the run's seed and eval_fraction say.
+  tok, train_docs, eval_docs = pipeline._token_documents(
+      _data_config(**{'data.corpus': out, 'data.eval_fraction': 0.05}), 11, work)
+  assert 'replacing' in capsys.readouterr().out
+  assert prepared.fingerprint(tok) == prepared.read_manifest(out)['tokenizer']['fingerprint']
+  assert eval_docs == [[s.tolist() for s in d] for d in prepared.load_prepared(out, 'eval')]
+  assert len(train_docs) + len(eval_docs) == 7
+
+  # A workdir tokenizer with no record is trusted, but stored ids must be its own.
+  other = str(tmp_path / 'other')
+  tokenizer_lib.train_sentencepiece(
+      [s for d in embedded.embedded_documents(50, seed=1) for s in d],
+      os.path.join(other, 'tokenizer', 'spm.model'), vocab_size=120)
+  with pytest.raises(UserError, match='prepared with another tokenizer'):
+    pipeline._instances(_data_config(**{'data.corpus': out}), 0, other)
+
+
+def test_data_tfds_command_builds_text_and_tsv_datasets(texts, tmp_path, capsys):
+  data_dir = str(tmp_path / 'tfds')
+  _run(['data', 'tfds', '--corpus', texts, '--name', 'cli', '--data_dir', data_dir,
+        '--eval_fraction', '0.3', '--seed', '5'])
+  printed = capsys.readouterr().out
+  assert 'eval: 2 examples' in printed and 'train: 5 examples' in printed
+  assert f'TFDS_DATA_DIR={data_dir} and tfds:local_text/cli' in printed
+  docs = text_files.text_file_documents(texts)
+  held_out = _held_out(len(docs), 0.3, seed=5)
+  source = tfds.data_source('local_text/cli', split='eval', data_dir=data_dir)
+  assert [ex['text'].decode() for ex in source] == [
+      '\n'.join(d) for i, d in enumerate(docs) if i in held_out]
+
+  (tmp_path / 'train.tsv').write_text('good film\tpos\nbad film\tneg\n', encoding='utf-8')
+  _run(['data', 'tfds', '--tsv', f'train={tmp_path / "train.tsv"}', '--name', 'sst',
+        '--data_dir', data_dir, '--text_a', '0', '--label', '1', '--no_header'])
+  assert 'train: 2 examples' in capsys.readouterr().out
+  assert [e['label'] for e in tfds.data_source('local_tsv/sst', split='train',
+                                               data_dir=data_dir)] == [1, 0]
+  with pytest.raises(UserError, match='needs --text_a and --label'):
+    _run(['data', 'tfds', '--tsv', f'train={tmp_path / "train.tsv"}', '--name', 'x',
+          '--data_dir', data_dir])
+  with pytest.raises(UserError, match='is not SPLIT=PATH'):
+    _run(['data', 'tfds', '--tsv', str(tmp_path / 'train.tsv'), '--name', 'x',
+          '--data_dir', data_dir, '--text_a', '0', '--label', '1', '--no_header'])
+  with pytest.raises(UserError, match="0-based index, not 'text'"):
+    _run(['data', 'tfds', '--tsv', f'train={tmp_path / "train.tsv"}', '--name', 'x',
+          '--data_dir', data_dir, '--text_a', 'text', '--label', '1', '--no_header'])

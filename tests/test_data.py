@@ -1,23 +1,27 @@
+import os
 import random
 
 import numpy as np
 import pytest
 
-from bertjax.data import corpus, instances, masking, tokenizer as tokenizer_lib
+from bertjax.data import (derived_tokenizer, embedded, instances, masking, pipeline, splits,
+                          text_files, tokenizer as tokenizer_lib)
 from bertjax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def tok(tmp_path_factory):
-  docs = corpus.embedded_documents(300, seed=0)
+  docs = embedded.embedded_documents(300, seed=0)
   path = tmp_path_factory.mktemp('tok') / 'spm.model'
   return tokenizer_lib.train_sentencepiece((s for d in docs for s in d), str(path),
                                            vocab_size=300, model_type='bpe')
 
 
 def test_embedded_corpus_is_reproducible_and_structured():
-  a, b = corpus.embedded_documents(50, seed=3), corpus.embedded_documents(50, seed=3)
-  assert a == b and a != corpus.embedded_documents(50, seed=4)
+  a, b = embedded.embedded_documents(50, seed=3), embedded.embedded_documents(50, seed=3)
+  assert a == b and a != embedded.embedded_documents(50, seed=4)
   for doc in a:
     name = doc[0].split()[0]
     assert doc[0].startswith(f'{name} was born in ')
@@ -37,17 +41,17 @@ def test_sentencepiece_special_ids_and_word_starts(tok):
 
 def test_text_files_split_documents_on_blank_lines(tmp_path):
   (tmp_path / 'a.txt').write_text('One. Two!\nThree?\n\nFour.\n', encoding='utf-8')
-  assert corpus.text_file_documents(str(tmp_path / '*.txt')) == [
+  assert text_files.text_file_documents(str(tmp_path / '*.txt')) == [
       ['One.', 'Two!', 'Three?'], ['Four.']]
   (tmp_path / 'b.txt').write_bytes(b'caf\xe9\n')
   with pytest.raises(UserError, match='not UTF-8'):
-    corpus.text_file_documents(str(tmp_path / 'b.txt'))
+    text_files.text_file_documents(str(tmp_path / 'b.txt'))
   with pytest.raises(UserError, match='matches no file'):
-    corpus.text_file_documents(str(tmp_path / 'none*.txt'))
+    text_files.text_file_documents(str(tmp_path / 'none*.txt'))
 
 
 def _pairs(tok, objective, seed=1):
-  docs = [[tok.encode(s) for s in d] for d in corpus.embedded_documents(300, seed=seed)]
+  docs = [[tok.encode(s) for s in d] for d in embedded.embedded_documents(300, seed=seed)]
   return docs, list(instances.sentence_pairs(docs, seq_len=64, short_seq_prob=0.1,
                                              objective=objective, rng=random.Random(0)))
 
@@ -88,7 +92,7 @@ def test_single_segment_objective_has_no_label(tok):
 
 
 def test_packing_fills_rows_and_keeps_documents_apart(tok):
-  docs = [[tok.encode(s) for s in d] for d in corpus.embedded_documents(300, seed=2)]
+  docs = [[tok.encode(s) for s in d] for d in embedded.embedded_documents(300, seed=2)]
   table = instances.pack_documents(docs, seq_len=128, cls_id=2, sep_id=3, pad_id=0)
   segments, positions, ids = table['attention_mask'], table['position_ids'], table['input_ids']
   assert (segments == 0).mean() < 0.05  # padding under 5% of tokens
@@ -141,3 +145,66 @@ def test_masking_pads_to_max_predictions_and_rejects_unknown_kind(tok):
   with pytest.raises(UserError, match="masking kind 'spam'"):
     masking.mask(ids, ids, ids == 0, kind='spam', rate=0.15, max_predictions=2,
                  rng=np.random.default_rng(0), vocab_size=10, mask_id=4)
+
+
+def _data_config(**overrides):
+  from bertjax import config_lib
+  c = config_lib.load_config(os.path.join(ROOT, 'experiments', 'quickstart.py') + ':local')
+  return config_lib.apply_overrides(c, [f'{k}={v}' for k, v in overrides.items()]).data
+
+
+def _tokenizer_for(workdir, data_cfg, seed=0):
+  docs = embedded.embedded_documents(60, seed=seed)
+  return pipeline.load_or_train_tokenizer(data_cfg, docs, str(workdir), seed=seed)
+
+
+def test_trained_tokenizer_records_what_it_was_derived_from(tmp_path):
+  tok = _tokenizer_for(tmp_path, _data_config(**{'data.tokenizer.vocab_size': 200}))
+  record = derived_tokenizer.read_record(str(tmp_path / 'tokenizer'))
+  assert record == {'data.corpus': 'embedded', 'data.embedded_documents': 400, 'seed': 0,
+                    'data.tokenizer.kind': 'sentencepiece', 'data.tokenizer.vocab_size': 200,
+                    'data.tokenizer.model_type': 'bpe'}
+  assert tok.vocab_size == 200
+  # The same settings again: the tokenizer is kept, not retrained.
+  before = os.path.getmtime(tmp_path / 'tokenizer' / 'spm.model')
+  _tokenizer_for(tmp_path, _data_config(**{'data.tokenizer.vocab_size': 200}))
+  assert os.path.getmtime(tmp_path / 'tokenizer' / 'spm.model') == before
+
+
+def test_stale_tokenizer_is_replaced_before_training_and_refused_after(tmp_path, capsys):
+  _tokenizer_for(tmp_path, _data_config(**{'data.tokenizer.vocab_size': 200}))
+  capsys.readouterr()
+  # A run that failed before training left it; the corrected run replaces it.
+  tok = _tokenizer_for(tmp_path, _data_config(**{'data.tokenizer.vocab_size': 150}))
+  assert tok.vocab_size == 150
+  assert 'replacing' in capsys.readouterr().out
+  assert derived_tokenizer.read_record(
+      str(tmp_path / 'tokenizer'))['data.tokenizer.vocab_size'] == 150
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 1}\n')
+  with pytest.raises(UserError, match=r"data\.corpus='embedded', but the config says "
+                                      r"'/x/\*\.txt'.*new --workdir"):
+    _tokenizer_for(tmp_path, _data_config(**{'data.tokenizer.vocab_size': 150,
+                                             'data.corpus': '/x/*.txt'}))
+  (tmp_path / 'metrics.jsonl').unlink()
+  (tmp_path / 'checkpoints' / '10').mkdir(parents=True)  # a checkpoint counts as started
+  with pytest.raises(UserError, match=r'data\.tokenizer\.vocab_size=150.* 200'):
+    _tokenizer_for(tmp_path, _data_config(**{'data.tokenizer.vocab_size': 200}))
+  assert tokenizer_lib.load(str(tmp_path / 'tokenizer')).vocab_size == 150  # kept
+
+
+def test_tokenizer_without_a_record_is_trusted(tmp_path):
+  # A workdir from before records (or an imported tokenizer): used whatever the config.
+  tokenizer_lib.train_sentencepiece(
+      (s for d in embedded.embedded_documents(60) for s in d),
+      str(tmp_path / 'tokenizer' / 'spm.model'), vocab_size=180)
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 1}\n')
+  tok = _tokenizer_for(tmp_path, _data_config(**{'data.tokenizer.vocab_size': 200}))
+  assert tok.vocab_size == 180
+  assert derived_tokenizer.read_record(str(tmp_path / 'tokenizer')) is None
+
+
+def test_pipeline_holds_out_by_the_one_rule():
+  docs = [[f'document {i} .'] for i in range(40)]
+  train, held_out = splits.split_indices(len(docs), 0.1, seed=3)
+  assert pipeline._split_documents(docs, 0.1, 3) == (
+      [docs[i] for i in train], [docs[i] for i in held_out])

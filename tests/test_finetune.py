@@ -107,8 +107,8 @@ def test_glue_fields_labels_and_metrics_from_tfds(monkeypatch, tok):
   class Label:
     names = ['not_equivalent', 'equivalent']
 
-  monkeypatch.setattr(classify.corpus, 'tfds_examples', lambda spec: iter(examples))
-  monkeypatch.setattr(classify.corpus, 'open_tfds',
+  monkeypatch.setattr(classify.tfds_source, 'tfds_examples', lambda spec: iter(examples))
+  monkeypatch.setattr(classify.tfds_source, 'open_tfds',
                       lambda spec: (None, {'label': Label()}, spec, 'train'))
   c = config_lib.load_config(GLUE_EXPERIMENT + ':task=mrpc')
   assert c.task.metric == 'f1' and c.task.eval == 'tfds:glue/mrpc:validation'

@@ -257,7 +257,7 @@ def test_tfds_squad_examples_are_read_with_bytes_decoded(monkeypatch):
        'answers': {'text': np.array([], object), 'answer_start': np.array([], np.int32)},
        'is_impossible': True}]
   asked = []
-  monkeypatch.setattr(qa.corpus, 'tfds_examples',
+  monkeypatch.setattr(qa.tfds_source, 'tfds_examples',
                       lambda spec, default_split: asked.append((spec, default_split))
                       or iter(examples))
   cfg = config(eval='tfds:squad/v2.0', version_2=True)

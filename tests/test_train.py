@@ -147,7 +147,9 @@ def test_static_masking_cycles_k_masks_dynamic_draws_new_ones(tmp_path):
 
 def test_worker_processes_yield_the_same_batches(tmp_path):
   from bertjax.data import pipeline
-  data = pipeline.build(local_config(), str(tmp_path))
+  c = local_config()
+  data = pipeline.build(c.data, batch_size=c.train.batch_size, eval_batches=c.train.eval_batches,
+                        seed=c.seed, workdir=str(tmp_path))
   plain, workers = pipeline.train_iterator(data, 0), pipeline.train_iterator(data, 2)
   for _ in range(3):
     a, b = next(plain), next(workers)
@@ -156,7 +158,7 @@ def test_worker_processes_yield_the_same_batches(tmp_path):
 
 
 def test_instances_prepared_on_disk_are_read_row_by_row(tmp_path):
-  from bertjax.data import instance_store, instances, pipeline, prepare
+  from bertjax.data import instance_store, instances, pipeline, prepared as prepared_lib
   config = local_config(**{'data.embedded_documents': 200})
   tok_dir, prepared = str(tmp_path / 'tok'), str(tmp_path / 'prepared')
   assert main(['data', 'tokenizer', '--corpus', 'embedded', '--embedded_documents', '200',
@@ -165,9 +167,10 @@ def test_instances_prepared_on_disk_are_read_row_by_row(tmp_path):
                '--tokenizer', tok_dir, '--out', prepared, '--eval_fraction', '0.2',
                '--seq_len', str(config.data.seq_len)]) == 0
   config_lib.apply_overrides(config, [f'data.corpus={prepared}'])
-  tok, train_rows, eval_rows, _ = pipeline._instances(config, str(tmp_path / 'work'))
+  tok, train_rows, eval_rows, _ = pipeline._instances(config.data, config.seed,
+                                                      str(tmp_path / 'work'))
   assert isinstance(train_rows, instance_store.InstanceSource)
-  documents = [[s.tolist() for s in d] for d in prepare.load_prepared(prepared, 'train')]
+  documents = [[s.tolist() for s in d] for d in prepared_lib.load_prepared(prepared, 'train')]
   expected = instances.make_table(documents, tok, config.data, config.seed)
   got = train_rows.rows([0, 5, len(train_rows) - 1])
   for key, value in expected.items():

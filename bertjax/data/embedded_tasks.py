@@ -17,7 +17,7 @@ import json
 import os
 import random
 
-from bertjax.data import corpus
+from bertjax.data import embedded
 
 _SURNAMES = ('berg', 'costa', 'dietrich', 'ferrari', 'garcia', 'hansen', 'keller', 'lopez',
              'moreau', 'novak', 'olsen', 'petit', 'rossi', 'silva', 'weber')
@@ -35,7 +35,7 @@ _CLASSIFY_TEMPLATES = (
 def _held_out_cities() -> set[str]:
   """One city per country, kept for evaluation only."""
   seen, held = set(), set()
-  for city, country in sorted(corpus.CITY_COUNTRY.items()):
+  for city, country in sorted(embedded.CITY_COUNTRY.items()):
     if country not in seen:
       seen.add(country)
       held.add(city)
@@ -49,7 +49,7 @@ def _write(path: str, text: str) -> None:
 
 
 def _name(rng: random.Random) -> str:
-  return rng.choice(corpus.MEN + corpus.WOMEN)
+  return rng.choice(embedded.MEN + embedded.WOMEN)
 
 
 def write_classify(directory: str, *, train_rows: int = 2000, eval_rows: int = 400,
@@ -58,15 +58,15 @@ def write_classify(directory: str, *, train_rows: int = 2000, eval_rows: int = 4
   held = _held_out_cities()
   paths = []
   for split, n in (('train', train_rows), ('dev', eval_rows)):
-    cities = sorted(c for c in corpus.CITY_COUNTRY if (c in held) == (split == 'dev'))
+    cities = sorted(c for c in embedded.CITY_COUNTRY if (c in held) == (split == 'dev'))
     lines = ['sentence\tlabel']
     for _ in range(n):
       city = rng.choice(cities)
       sentence = rng.choice(_CLASSIFY_TEMPLATES).format(
-          name=_name(rng), other=_name(rng), city=city, job=rng.choice(corpus.JOBS),
-          animal=rng.choice(sorted(corpus.ANIMAL_HABIT)), day=rng.choice(corpus.DAYS),
-          place=rng.choice(corpus.PLACES))
-      lines.append(f'{sentence}\t{corpus.CITY_COUNTRY[city]}')
+          name=_name(rng), other=_name(rng), city=city, job=rng.choice(embedded.JOBS),
+          animal=rng.choice(sorted(embedded.ANIMAL_HABIT)), day=rng.choice(embedded.DAYS),
+          place=rng.choice(embedded.PLACES))
+      lines.append(f'{sentence}\t{embedded.CITY_COUNTRY[city]}')
     paths.append(os.path.join(directory, f'{split}.tsv'))
     _write(paths[-1], '\n'.join(lines) + '\n')
   return paths[0], paths[1]
@@ -75,18 +75,18 @@ def write_classify(directory: str, *, train_rows: int = 2000, eval_rows: int = 4
 def _tagged_sentence(rng: random.Random) -> list[tuple[str, str]]:
   person = [(_name(rng), 'B-PER')] + ([(rng.choice(_SURNAMES), 'I-PER')]
                                       if rng.random() < 0.5 else [])
-  city = [(rng.choice(sorted(corpus.CITY_COUNTRY)), 'B-LOC')]
+  city = [(rng.choice(sorted(embedded.CITY_COUNTRY)), 'B-LOC')]
   company = rng.choice(_COMPANIES)
   org = [(w, 'B-ORG' if i == 0 else 'I-ORG') for i, w in enumerate(company)]
   words = lambda text: [(w, 'O') for w in text.split()]  # noqa: E731
   return rng.choice([
       person + words('works for') + org + words('in') + city + words('.'),
       words('in') + city + words(',') + person + words('met a') + [
-          (rng.choice(corpus.JOBS), 'O')] + words('.'),
+          (rng.choice(embedded.JOBS), 'O')] + words('.'),
       org + words('opened an office in') + city + words('last') + [
-          (rng.choice(corpus.DAYS), 'O')] + words('.'),
+          (rng.choice(embedded.DAYS), 'O')] + words('.'),
       person + words('was born in') + city + words(', a city in') + [
-          (corpus.CITY_COUNTRY[city[0][0]], 'B-LOC')] + words('.'),
+          (embedded.CITY_COUNTRY[city[0][0]], 'B-LOC')] + words('.'),
   ])
 
 
@@ -105,12 +105,12 @@ def write_tag(directory: str, *, train_rows: int = 1000, eval_rows: int = 200,
 
 def _qa_paragraph(rng: random.Random, index: int) -> dict:
   name = _name(rng)
-  home = rng.choice(sorted(corpus.CITY_COUNTRY))
-  job = rng.choice(corpus.JOBS)
-  pet, animal = rng.choice(corpus.PET_NAMES), rng.choice(sorted(corpus.ANIMAL_HABIT))
-  sentences = [f'{name} was born in {home} , a city in {corpus.CITY_COUNTRY[home]} .',
+  home = rng.choice(sorted(embedded.CITY_COUNTRY))
+  job = rng.choice(embedded.JOBS)
+  pet, animal = rng.choice(embedded.PET_NAMES), rng.choice(sorted(embedded.ANIMAL_HABIT))
+  sentences = [f'{name} was born in {home} , a city in {embedded.CITY_COUNTRY[home]} .',
                f'{name} works as a {job} .', f'{name} has a {animal} called {pet} .',
-               f'every morning {name} drinks {rng.choice(corpus.DRINKS)} .']
+               f'every morning {name} drinks {rng.choice(embedded.DRINKS)} .']
   rng.shuffle(sentences)
   context = ' '.join(sentences)
   qas = []

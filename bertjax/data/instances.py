@@ -14,6 +14,7 @@ documents and each one looks like a sequence of its own.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Iterable, Sequence
 
@@ -147,18 +148,34 @@ def tokenize(documents, tok) -> list[list[list[int]]]:
   return [doc for doc in tokenized if doc]
 
 
-def make_table(documents: Sequence[Document], tok, data_cfg, seed: int):
-  """Token-id documents -> the instance table `data_cfg` asks for: sentence pairs
+@dataclasses.dataclass(frozen=True)
+class InstanceSettings:
+  """What an instance table depends on besides the documents, tokenizer and seed
+  (`data.seq_len`, `data.short_seq_prob`, `data.sentence_objective`, `data.packing`)."""
+  seq_len: int
+  short_seq_prob: float
+  sentence_objective: str
+  packing: bool
+
+  @classmethod
+  def from_data_config(cls, data_cfg) -> InstanceSettings:
+    return cls(seq_len=data_cfg.seq_len, short_seq_prob=data_cfg.short_seq_prob,
+               sentence_objective=data_cfg.sentence_objective, packing=data_cfg.packing)
+
+
+def make_table(documents: Sequence[Document], tok, settings: InstanceSettings, seed: int):
+  """Token-id documents -> the instance table `settings` ask for: sentence pairs
   (seq_len, short_seq_prob, sentence_objective) or packed rows (packing)."""
-  ids = dict(seq_len=data_cfg.seq_len, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id)
-  if data_cfg.packing:
+  ids = dict(seq_len=settings.seq_len, cls_id=tok.cls_id, sep_id=tok.sep_id,
+             pad_id=tok.pad_id)
+  if settings.packing:
     return pack_documents(documents, **ids)
-  if data_cfg.sentence_objective not in OBJECTIVES:
-    raise UserError(f'data.sentence_objective {data_cfg.sentence_objective!r} is unknown; '
+  if settings.sentence_objective not in OBJECTIVES:
+    raise UserError(f'data.sentence_objective {settings.sentence_objective!r} is unknown; '
                     f'choose one of {OBJECTIVES}')
-  pairs = sentence_pairs(documents, seq_len=data_cfg.seq_len,
-                         short_seq_prob=data_cfg.short_seq_prob,
-                         objective=data_cfg.sentence_objective, rng=random.Random(seed))
+  pairs = sentence_pairs(documents, seq_len=settings.seq_len,
+                         short_seq_prob=settings.short_seq_prob,
+                         objective=settings.sentence_objective, rng=random.Random(seed))
   return pack_pairs(pairs, **ids)
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 
 import grain
 import jax
 import numpy as np
 
-from bertjax.data import (corpus, instance_store, instances, masking, prepare,
-                          tokenizer as tokenizer_lib)
+from bertjax.data import (corpus, derived_tokenizer, instance_store, instances, masking,
+                          prepared, tokenizer as tokenizer_lib)
+from bertjax.data.splits import split_indices
 from bertjax.errors import UserError
 
 
@@ -29,67 +29,60 @@ class PretrainData:
   most_frequent_token: int  # the majority-class baseline for MLM accuracy
 
 
-def load_or_train_tokenizer(data_cfg, documents, workdir: str):
-  """The workdir's tokenizer (trained or imported), else one trained on `documents`."""
-  existing = tokenizer_lib.find(os.path.join(workdir, 'tokenizer'))
-  if existing is not None:
-    return existing
-  path = os.path.join(workdir, 'tokenizer', 'spm.model')
-  if data_cfg.tokenizer.kind != 'sentencepiece':
-    raise UserError(f'tokenizer kind {data_cfg.tokenizer.kind!r} cannot be trained; use '
-                    '"sentencepiece" or import a WordPiece model with `bertjax import`')
-  if jax.process_index() == 0:
+def load_or_train_tokenizer(data_cfg, documents, workdir: str, *, seed: int):
+  """The workdir's tokenizer, else one trained on `documents` (see derived_tokenizer.py
+  for the record kept beside it and the check a later run makes)."""
+  def train(directory: str):
     tokenizer_lib.train_sentencepiece(
-        (s for doc in documents for s in doc), path,
+        (s for doc in documents for s in doc), os.path.join(directory, 'spm.model'),
         vocab_size=data_cfg.tokenizer.vocab_size, model_type=data_cfg.tokenizer.model_type)
-  _sync('tokenizer')
-  return tokenizer_lib.SentencePieceTokenizer(path)
 
-
-def _sync(name: str):
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
+  cannot_train = None
+  if data_cfg.tokenizer.kind != 'sentencepiece':
+    cannot_train = (f'tokenizer kind {data_cfg.tokenizer.kind!r} cannot be trained; use '
+                    '"sentencepiece" or import a WordPiece model with `bertjax import`')
+  return derived_tokenizer.ensure(
+      os.path.join(workdir, 'tokenizer'), derived_tokenizer.trained_from(data_cfg, seed),
+      started=derived_tokenizer.training_started(workdir), make=train,
+      cannot_make=cannot_train)
 
 
 def _split_documents(documents, eval_fraction: float, seed: int):
-  order = list(range(len(documents)))
-  random.Random(seed).shuffle(order)
-  n_eval = max(1, int(len(documents) * eval_fraction))
-  if len(documents) - n_eval < 1:
-    raise UserError(f'the corpus has {len(documents)} document(s); it needs at least two '
-                    'to hold one out for evaluation')
-  return [documents[i] for i in order[n_eval:]], [documents[i] for i in order[:n_eval]]
+  train, held_out = split_indices(len(documents), eval_fraction, seed)
+  return [documents[i] for i in train], [documents[i] for i in held_out]
 
 
-def _prepared_tokenizer(prepared: str, workdir: str):
-  """A prepared corpus fixes the tokenizer: copy it into the workdir, then load it."""
-  dest = os.path.join(workdir, 'tokenizer')
-  if tokenizer_lib.find(dest) is None and jax.process_index() == 0:
-    tokenizer_lib.save(prepare.prepared_tokenizer(prepared), dest)
-  _sync('tokenizer')
-  return tokenizer_lib.load(dest)
+def _prepared_tokenizer(corpus_dir: str, workdir: str):
+  """A prepared corpus fixes the tokenizer: the workdir holds a copy of it."""
+  stored = prepared.read_manifest(corpus_dir)['tokenizer']['fingerprint']
+  tok = derived_tokenizer.ensure(
+      os.path.join(workdir, 'tokenizer'), derived_tokenizer.copied_from(corpus_dir, stored),
+      started=derived_tokenizer.training_started(workdir),
+      make=lambda directory: tokenizer_lib.save(prepared.prepared_tokenizer(corpus_dir),
+                                                directory))
+  prepared.check_tokenizer(corpus_dir, tok)
+  return tok
 
 
-def _token_documents(config, workdir: str):
+def _token_documents(data_cfg, seed: int, workdir: str):
   """(tokenizer, train documents, eval documents) as lists of sentences of ids.
 
-  A directory made by `bertjax data prepare` is already tokenized (and split); text
-  is split here and tokenized once per run.
+  A directory made by `bertjax data prepare` is already tokenized (and split, if it
+  was asked to hold documents out); text is split here and tokenized once per run.
   """
-  data_cfg = config.data
-  if prepare.is_prepared(data_cfg.corpus):
-    tok = _prepared_tokenizer(data_cfg.corpus, workdir)
+  corpus_spec = data_cfg.corpus
+  if prepared.is_prepared(corpus_spec):
+    tok = _prepared_tokenizer(corpus_spec, workdir)
     as_lists = lambda docs: [[s.tolist() for s in doc] for doc in docs]
-    documents = as_lists(prepare.load_prepared(data_cfg.corpus, 'train', tok))
-    if 'eval' in prepare.read_manifest(data_cfg.corpus)['splits']:
-      return tok, documents, as_lists(prepare.load_prepared(data_cfg.corpus, 'eval', tok))
-    train_docs, eval_docs = _split_documents(documents, data_cfg.eval_fraction, config.seed)
+    documents = as_lists(prepared.load_prepared(corpus_spec, 'train'))
+    if 'eval' in prepared.read_manifest(corpus_spec)['splits']:
+      return tok, documents, as_lists(prepared.load_prepared(corpus_spec, 'eval'))
+    train_docs, eval_docs = _split_documents(documents, data_cfg.eval_fraction, seed)
     return tok, train_docs, eval_docs
-  documents = corpus.load_documents(data_cfg.corpus, num_embedded=data_cfg.embedded_documents,
-                                    seed=config.seed, doc_mode=data_cfg.doc_mode)
-  train_docs, eval_docs = _split_documents(documents, data_cfg.eval_fraction, config.seed)
-  tok = load_or_train_tokenizer(data_cfg, train_docs, workdir)
+  documents = corpus.load_documents(corpus_spec, num_embedded=data_cfg.embedded_documents,
+                                    seed=seed, doc_mode=data_cfg.doc_mode)
+  train_docs, eval_docs = _split_documents(documents, data_cfg.eval_fraction, seed)
+  tok = load_or_train_tokenizer(data_cfg, train_docs, workdir, seed=seed)
   return tok, instances.tokenize(train_docs, tok), instances.tokenize(eval_docs, tok)
 
 
@@ -148,27 +141,20 @@ def mask_rows(batch, tok, masking_cfg, rngs):
               mlm_targets=masked['targets'], mlm_weights=masked['weights'])
 
 
-def _instances(config, workdir: str):
+def _instances(data_cfg, seed: int, workdir: str):
   """(tokenizer, train rows, eval rows, most frequent training token).
 
   A prepared corpus whose stored instances were built with this run's data settings
   is read row by row from disk; anything else is built here, in memory.
   """
-  data_cfg = config.data
-  if prepare.is_prepared(data_cfg.corpus):
-    stored = prepare.read_manifest(data_cfg.corpus).get('instances')
-    wanted = dict(seq_len=data_cfg.seq_len, short_seq_prob=data_cfg.short_seq_prob,
-                  sentence_objective=data_cfg.sentence_objective, packing=data_cfg.packing)
-    if stored and stored['settings'] == wanted and 'eval' in stored['splits']:
-      tok = _prepared_tokenizer(data_cfg.corpus, workdir)
-      directory = os.path.join(data_cfg.corpus, 'instances')
-      train, evaluation = (instance_store.InstanceSource(
-          directory, stored['splits'][split]['shards'], data_cfg.seq_len)
-                           for split in ('train', 'eval'))
-      return tok, train, evaluation, stored['most_frequent_token']
-  tok, train_docs, eval_docs = _token_documents(config, workdir)
-  train_table = instances.make_table(train_docs, tok, data_cfg, config.seed)
-  eval_table = instances.make_table(eval_docs, tok, data_cfg, config.seed + 1)
+  settings = instances.InstanceSettings.from_data_config(data_cfg)
+  if prepared.is_prepared(data_cfg.corpus):
+    stored = prepared.stored_instances(data_cfg.corpus, dataclasses.asdict(settings))
+    if stored is not None:
+      return (_prepared_tokenizer(data_cfg.corpus, workdir), *stored)
+  tok, train_docs, eval_docs = _token_documents(data_cfg, seed, workdir)
+  train_table = instances.make_table(train_docs, tok, settings, seed)
+  eval_table = instances.make_table(eval_docs, tok, settings, seed + 1)
   return (tok, instance_store.InMemoryInstances(train_table),
           instance_store.InMemoryInstances(eval_table),
           instances.most_frequent_token(train_table, tok))
@@ -186,12 +172,14 @@ def train_iterator(data: PretrainData, workers: int):
   return iter(dataset)
 
 
-def build(config, workdir: str) -> PretrainData:
-  data_cfg = config.data
-  tok, train_rows, eval_rows, most_frequent = _instances(config, workdir)
+def build(data_cfg, *, batch_size: int, eval_batches: int, seed: int,
+          workdir: str) -> PretrainData:
+  """The pipeline for `data_cfg` (a config's `data`): global batches of `batch_size`
+  (`train.batch_size`), at most `eval_batches` (`train.eval_batches`) held-out
+  batches, everything drawn from `seed`; the tokenizer lives in WORKDIR/tokenizer."""
+  tok, train_rows, eval_rows, most_frequent = _instances(data_cfg, seed, workdir)
   num_train = len(train_rows)
 
-  batch_size = config.train.batch_size
   if batch_size % jax.process_count():
     raise UserError(f'train.batch_size {batch_size} is not divisible by the '
                     f'{jax.process_count()} processes')
@@ -201,22 +189,22 @@ def build(config, workdir: str) -> PretrainData:
                     f'batch of {batch_size}; lower --config.train.batch_size or add text')
 
   train = (grain.MapDataset.range(num_train)
-           .shuffle(seed=config.seed)
+           .shuffle(seed=seed)
            .repeat(None)
            .batch(batch_size, drop_remainder=True)
-           .map_with_index(ProcessRows(train_rows, tok, data_cfg.masking, seed=config.seed,
+           .map_with_index(ProcessRows(train_rows, tok, data_cfg.masking, seed=seed,
                                        local_batch=local_batch, global_batch=batch_size,
                                        dupe_factor=data_cfg.masking.dupe_factor)))
 
   # One fixed mask (own seed per row) for every evaluation, so evals compare.
   n_eval = len(eval_rows)
-  num_eval_batches = min(n_eval // batch_size, config.train.eval_batches)
+  num_eval_batches = min(n_eval // batch_size, eval_batches)
   if not num_eval_batches:
     raise UserError(f'the held-out split has {n_eval} sequences, fewer than one batch of '
                     f'{batch_size}; raise --config.data.eval_fraction or add text')
   eval_batches = []
   for b in range(num_eval_batches):
     rows = b * batch_size + jax.process_index() * local_batch + np.arange(local_batch)
-    rngs = [row_generator(config.seed, EVAL_STREAM, r) for r in rows]
+    rngs = [row_generator(seed, EVAL_STREAM, r) for r in rows]
     eval_batches.append(mask_rows(eval_rows.rows(rows), tok, data_cfg.masking, rngs))
   return PretrainData(tok, train, eval_batches, num_train, most_frequent)

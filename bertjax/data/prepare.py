@@ -1,40 +1,27 @@
-"""Pre-tokenized corpora: tokenize once, sentence-split, into array_record.
+"""Writing a prepared corpus: tokenize once, sentence-split, into array_record.
 
 Tokenizing a large corpus takes longer than a short training run, and every run
-(and every host) would repeat it; `prepare` does it once and `load_prepared` reads
-token ids back without touching the tokenizer. A prepared directory holds:
-
-  prepared.json                              the manifest: format, corpus, split
-                                             settings, tokenizer fingerprint and
-                                             vocab size, per-split counts and shards
-  tokenizer/                                 a copy of the tokenizer used
-  SPLIT.array_record-IIIII-of-NNNNN          one record a document (group_size 1,
-                                             so grain's ArrayRecordDataSource can
-                                             read any record directly)
-
-A record is little-endian int32: `[S, len_1, ..., len_S, ids of sentence 1, ...,
-ids of sentence S]`. Sentences that tokenize to nothing and documents left empty
-are dropped, as the pipeline drops them.
+(and every host) would repeat it; `prepare` does it once, and training reads token
+ids back without touching the tokenizer (prepared.py reads; it describes the
+directory and the record format). Sentences that tokenize to nothing and documents
+left empty are dropped, as the pipeline drops them.
 """
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 import shutil
-import types
 
 import numpy as np
 import tqdm
 from array_record.python import array_record_module
 
-from bertjax.data import corpus as corpus_lib, instance_store, instances
+from bertjax.data import corpus as corpus_lib, instance_store, instances, prepared
+from bertjax.data.splits import split_indices
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
-MANIFEST = 'prepared.json'
-FORMAT = 'bertjax-prepared'
-VERSION = 1
 DOCS_PER_SHARD = 65536
 _WRITER_OPTIONS = 'group_size:1'
 
@@ -43,37 +30,6 @@ def encode_record(sentences: list[list[int]]) -> bytes:
   header = [len(sentences)] + [len(s) for s in sentences]
   flat = [i for s in sentences for i in s]
   return np.asarray(header + flat, dtype='<i4').tobytes()
-
-
-def decode_record(record: bytes) -> list[np.ndarray]:
-  values = np.frombuffer(record, dtype='<i4')
-  n = int(values[0])
-  ends = np.cumsum(values[1:1 + n])
-  return np.split(values[1 + n:].astype(np.int32), ends[:-1])
-
-
-def fingerprint(tok: tokenizer_lib.Tokenizer) -> str:
-  """The identity of a tokenizer: its model or vocabulary file and its casing."""
-  h = hashlib.sha256()
-  with open(tok.path, 'rb') as f:
-    h.update(f.read())
-  h.update(repr(getattr(tok, 'do_lower_case', None)).encode())
-  return h.hexdigest()
-
-
-def is_prepared(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, MANIFEST))
-
-
-def read_manifest(out_dir: str) -> dict:
-  if not is_prepared(out_dir):
-    raise UserError(f'{out_dir} is not a prepared corpus (no {MANIFEST}); make one with '
-                    '`bertjax data prepare --corpus ... --tokenizer DIR --out DIR`')
-  with open(os.path.join(out_dir, MANIFEST), encoding='utf-8') as f:
-    manifest = json.load(f)
-  if manifest.get('format') != FORMAT or manifest.get('version') != VERSION:
-    raise UserError(f'{out_dir} was prepared in another format; prepare it again')
-  return manifest
 
 
 def _encode(tok, sentences: list[str]) -> list[list[int]]:
@@ -121,23 +77,24 @@ class _ShardWriter:
 
 def prepare(corpus: str, out_dir: str, tokenizer_dir: str, *, doc_mode: str = 'blank_line',
             seed: int = 0, eval_fraction: float = 0.0, num_embedded: int = 4000,
-            instance_settings: dict | None = None) -> dict:
+            instance_settings: instances.InstanceSettings | None = None) -> dict:
   """Tokenizes `corpus` (any `data.corpus` string) into `out_dir`; returns the manifest.
 
-  With `instance_settings` (seq_len, short_seq_prob, sentence_objective, packing) the
-  instances are built too and stored under `instances/` (see instance_store.py), so
-  training reads rows from disk instead of building them in every host's memory.
+  With `instance_settings` the instances are built too and stored under `instances/`
+  (see instance_store.py), so training reads rows from disk instead of building them
+  in every host's memory.
 
-  Documents held out by `corpus.eval_indices(n, eval_fraction, seed)` go to split
-  'eval', the rest, in corpus order, to 'train'. The directory appears complete or
-  not at all; an earlier prepared directory there is replaced, other files are not.
+  With `eval_fraction`, the documents the pipeline's rule holds out
+  (`splits.split_indices`) go to split 'eval' and the rest to 'train', each in corpus
+  order. The directory appears complete or not at all; an earlier prepared directory
+  there is replaced, other files are not.
   """
-  if os.path.exists(out_dir) and os.listdir(out_dir) and not is_prepared(out_dir):
+  if os.path.exists(out_dir) and os.listdir(out_dir) and not prepared.is_prepared(out_dir):
     raise UserError(f'{out_dir} exists and is not a prepared corpus; choose a new --out')
   tok = tokenizer_lib.load(tokenizer_dir)
   documents = corpus_lib.load_documents(corpus, num_embedded=num_embedded, seed=seed,
                                         doc_mode=doc_mode)
-  held_out = corpus_lib.eval_indices(len(documents), eval_fraction, seed)
+  held_out = set(split_indices(len(documents), eval_fraction, seed)[1] if eval_fraction else ())
   tmp = os.path.abspath(out_dir).rstrip(os.sep) + '.partial'
   shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
   os.makedirs(tmp)
@@ -153,20 +110,20 @@ def prepare(corpus: str, out_dir: str, tokenizer_dir: str, *, doc_mode: str = 'b
         writers[split].write(sentences)
         if instance_settings:
           tokenized[split].append(sentences)
-    splits = {name: w.finish() for name, w in writers.items()}
-    if not splits['train']['documents']:
+    counts = {name: w.finish() for name, w in writers.items()}
+    if not counts['train']['documents']:
       raise UserError(f'corpus {corpus!r} tokenizes to nothing; check the text and tokenizer')
     tokenizer_lib.save(tok, os.path.join(tmp, 'tokenizer'))
     manifest = dict(
-        format=FORMAT, version=VERSION, record='little-endian int32: [num_sentences, '
-        'len_1..len_S, ids of sentence 1..S]', corpus=corpus, doc_mode=doc_mode, seed=seed,
-        eval_fraction=eval_fraction,
-        tokenizer=dict(kind=type(tok).__name__, fingerprint=fingerprint(tok),
+        format=prepared.FORMAT, version=prepared.VERSION,
+        record='little-endian int32: [num_sentences, len_1..len_S, ids of sentence 1..S]',
+        corpus=corpus, doc_mode=doc_mode, seed=seed, eval_fraction=eval_fraction,
+        tokenizer=dict(kind=type(tok).__name__, fingerprint=prepared.fingerprint(tok),
                        vocab_size=tok.vocab_size, source=os.path.abspath(tokenizer_dir)),
-        splits=splits)
+        splits=counts)
     if instance_settings:
       manifest['instances'] = _write_instances(tokenized, tok, instance_settings, seed, tmp)
-    with open(os.path.join(tmp, MANIFEST), 'w', encoding='utf-8') as f:
+    with open(os.path.join(tmp, prepared.MANIFEST), 'w', encoding='utf-8') as f:
       json.dump(manifest, f, indent=2)
     if os.path.exists(out_dir):
       shutil.rmtree(out_dir)
@@ -176,52 +133,16 @@ def prepare(corpus: str, out_dir: str, tokenizer_dir: str, *, doc_mode: str = 'b
   return manifest
 
 
-def _write_instances(tokenized, tok, settings: dict, seed: int, directory: str) -> dict:
+def _write_instances(tokenized, tok, settings: instances.InstanceSettings, seed: int,
+                     directory: str) -> dict:
   """Builds and writes every split's instances; returns the manifest's 'instances'."""
   directory = os.path.join(directory, 'instances')
   os.makedirs(directory)
-  entry = dict(settings=settings, splits={})
+  entry = dict(settings=dataclasses.asdict(settings), splits={})
   for split, documents in tokenized.items():
-    table = instances.make_table(documents, tok, types.SimpleNamespace(**settings),
-                                 seed + (split == 'eval'))
+    table = instances.make_table(documents, tok, settings, seed + (split == 'eval'))
     entry['splits'][split] = dict(rows=len(table['input_ids']),
                                   shards=instance_store.write(table, directory, split))
     if split == 'train':
       entry['most_frequent_token'] = instances.most_frequent_token(table, tok)
   return entry
-
-
-def load_prepared(out_dir: str, split: str = 'train',
-                  tok: tokenizer_lib.Tokenizer | None = None) -> list[list[np.ndarray]]:
-  """The documents of a split as lists of int32 id arrays, one per sentence.
-
-  With `tok`, refuses a directory prepared with another tokenizer: its ids would
-  mean other pieces.
-  """
-  manifest = read_manifest(out_dir)
-  if tok is not None and fingerprint(tok) != manifest['tokenizer']['fingerprint']:
-    raise UserError(
-        f'{out_dir} was prepared with another tokenizer ({manifest["tokenizer"]["kind"]}, '
-        f'vocab {manifest["tokenizer"]["vocab_size"]}, from '
-        f'{manifest["tokenizer"]["source"]}) than this run uses (vocab {tok.vocab_size}); '
-        f'use the tokenizer in {os.path.join(out_dir, "tokenizer")} or prepare again')
-  if split not in manifest['splits']:
-    raise UserError(f'{out_dir} has no split {split!r}; it has {sorted(manifest["splits"])}')
-  documents = []
-  for shard in manifest['splits'][split]['shards']:
-    reader = array_record_module.ArrayRecordReader(os.path.join(out_dir, shard))
-    documents.extend(decode_record(r) for r in reader.read_all())
-    reader.close()
-  return documents
-
-
-def prepared_tokenizer(out_dir: str) -> tokenizer_lib.Tokenizer:
-  read_manifest(out_dir)
-  return tokenizer_lib.load(os.path.join(out_dir, 'tokenizer'))
-
-
-def decoded_documents(out_dir: str) -> list[list[str]]:
-  """All splits' documents as text again, for code that wants sentences as strings."""
-  tok = prepared_tokenizer(out_dir)
-  return [[tok.decode(s) for s in doc] for split in read_manifest(out_dir)['splits']
-          for doc in load_prepared(out_dir, split)]

@@ -6,9 +6,9 @@ build or read time. `LocalText` turns text files into documents (one a file, a
 blank-line block or a line; sentences joined by '\\n'); `LocalTsv` turns TSV files
 into labelled examples (text_a, text_b, label) for fine-tuning tasks.
 
-Read a built dataset back with `tfds.data_source('local_text/NAME', data_dir=DIR)`
-(or corpus 'tfds:local_text/NAME' with TFDS_DATA_DIR=DIR); reading needs only the
-files, not this module.
+`bertjax data tfds` runs them. Read a built dataset back with
+`tfds.data_source('local_text/NAME', data_dir=DIR)` (or corpus 'tfds:local_text/NAME'
+with TFDS_DATA_DIR=DIR); reading needs only the files, not this module.
 """
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from bertjax.data import corpus as corpus_lib, tsv
+from bertjax.data import tsv
+from bertjax.data.splits import split_indices
+from bertjax.data.text_files import iter_text_documents
 from bertjax.errors import UserError
-
-_VERSION = tfds.core.Version('1.0.0')
-
 
 class _LocalBuilder(tfds.core.GeneratorBasedBuilder):
   """A builder of local files: nothing to download, so no checksums beside the code.
@@ -29,7 +28,7 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder):
   to locate the code of a builder defined in a package, a module it does not install
   on Python >= 3.9.
   """
-  VERSION = _VERSION
+  VERSION = tfds.core.Version('1.0.0')
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -47,6 +46,10 @@ class LocalTextConfig(tfds.core.BuilderConfig):
 
 class LocalText(_LocalBuilder):
   """Documents from local UTF-8 text files; splits 'train' and (optionally) 'eval'."""
+  # Builds of 1.0.0 sampled 'eval' another way; they stay readable as stored.
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.1.0': 'eval holds out the documents the pre-training pipeline '
+                            'would (splits.split_indices).'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
@@ -59,11 +62,12 @@ class LocalText(_LocalBuilder):
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
-    count = sum(1 for _ in corpus_lib.iter_text_documents(cfg.pattern, cfg.doc_mode))
+    count = sum(1 for _ in iter_text_documents(cfg.pattern, cfg.doc_mode))
     if not count:
       raise UserError(f'corpus {cfg.pattern!r} holds no text; point it at non-empty '
                       'UTF-8 files')
-    held_out = corpus_lib.eval_indices(count, cfg.eval_fraction, cfg.seed)
+    held_out = set(split_indices(count, cfg.eval_fraction, cfg.seed)[1]
+                   if cfg.eval_fraction else ())
     splits = {'train': self._generate_examples(held_out, eval_split=False)}
     if held_out:
       splits['eval'] = self._generate_examples(held_out, eval_split=True)
@@ -71,7 +75,7 @@ class LocalText(_LocalBuilder):
 
   def _generate_examples(self, held_out: set[int], eval_split: bool):
     cfg = self.builder_config
-    for i, doc in enumerate(corpus_lib.iter_text_documents(cfg.pattern, cfg.doc_mode)):
+    for i, doc in enumerate(iter_text_documents(cfg.pattern, cfg.doc_mode)):
       if (i in held_out) == eval_split:
         yield i, {'text': '\n'.join(doc)}
 

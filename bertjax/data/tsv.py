@@ -10,7 +10,7 @@ import glob
 import os
 from typing import Iterator
 
-from bertjax.data import corpus as corpus_lib
+from bertjax.data.text_files import read_text
 from bertjax.errors import UserError
 
 
@@ -29,7 +29,7 @@ def read_rows(pattern: str, columns: dict[str, str | int], *,
   naming the file and the row.
   """
   for path in paths(pattern):
-    lines = corpus_lib.read_text(path).splitlines()
+    lines = read_text(path).splitlines()
     rows = csv.reader(lines, delimiter='\t', quoting=csv.QUOTE_NONE)
     indices = _column_indices(columns, next(rows, []) if header else None, path)
     for row_number, row in enumerate(rows, start=2 if header else 1):

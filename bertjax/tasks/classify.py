@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bertjax.data import corpus, tsv
+from bertjax.data import tfds_source, tsv
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.tasks import common
@@ -67,7 +67,7 @@ def glue_task(spec: str) -> str | None:
 def _glue_rows(spec: str):
   """(text_a, text_b or None, label id or float, where) from a prepared glue split."""
   fields, _, regression = GLUE[glue_task(spec)]
-  for i, example in enumerate(corpus.tfds_examples(spec[len('tfds:'):])):
+  for i, example in enumerate(tfds_source.tfds_examples(spec[len('tfds:'):])):
     texts = [_text(example[f]) for f in fields]
     label = example['label']
     yield (texts[0], texts[1] if len(texts) > 1 else None,
@@ -107,7 +107,7 @@ def load_split(task_cfg, split: str, tok, seq_len: int, label_names=None) -> com
   if regression:
     label_names, labels = (), np.array([_float_label(r[2], r[3]) for r in rows], np.float32)
   elif glue:
-    label_names = label_names or tuple(corpus.open_tfds(source[len('tfds:'):])[1][
+    label_names = label_names or tuple(tfds_source.open_tfds(source[len('tfds:'):])[1][
         'label'].names)
     labels = np.array([r[2] for r in rows], np.int32)
   else:

@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bertjax.data import corpus
+from bertjax.data import tfds_source
 from bertjax.errors import UserError
 from bertjax.tasks import common
 
@@ -161,7 +161,7 @@ def _json_records(path: str) -> Iterator[tuple]:
 
 def _tfds_records(spec: str, split: str) -> Iterator[tuple]:
   default_split = 'train' if split == 'train' else 'validation'
-  for example in corpus.tfds_examples(spec[len('tfds:'):], default_split):
+  for example in tfds_source.tfds_examples(spec[len('tfds:'):], default_split):
     qid, answers = _text(example['id']), example['answers']
     yield (f'{spec}: question {qid!r}', qid, _text(example['question']),
            _text(example['context']),

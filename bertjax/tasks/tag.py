@@ -62,12 +62,12 @@ class WordMap:
 
 
 def _read_conll(path: str) -> list[_Sentence]:
-  from bertjax.data import corpus
+  from bertjax.data import text_files
   if not os.path.isfile(path):
     raise UserError(f'tagging data {path!r} not found; point config.task.train/eval at a '
                     'CoNLL file or a tfds spec such as tfds:conll2003:train')
   sentences, current = [], _Sentence([], [], [])
-  for n, line in enumerate(corpus.read_text(path).splitlines(), 1):
+  for n, line in enumerate(text_files.read_text(path).splitlines(), 1):
     columns = line.split()
     if not columns or columns[0] == '-DOCSTART-':
       if current.words:
@@ -90,8 +90,8 @@ def _read_tfds(spec: str, default_split: str) -> tuple[list[_Sentence], list[str
   """The sentences of a tfds split and its tag names (the ClassLabel's, in id order)."""
   from tensorflow_datasets import features as tfds_features
 
-  from bertjax.data import corpus
-  _, features, name, split = corpus.open_tfds(spec, default_split)
+  from bertjax.data import tfds_source
+  _, features, name, split = tfds_source.open_tfds(spec, default_split)
   tags = features[TAGS_FIELD] if TAGS_FIELD in features else None
   if (TOKENS_FIELD not in features
       or not isinstance(getattr(tags, 'feature', None), tfds_features.ClassLabel)):
@@ -100,7 +100,7 @@ def _read_tfds(spec: str, default_split: str) -> tuple[list[_Sentence], list[str
                     f'{sorted(features)}')
   names = list(tags.feature.names)
   sentences = []
-  for i, example in enumerate(corpus.tfds_examples(spec, default_split)):
+  for i, example in enumerate(tfds_source.tfds_examples(spec, default_split)):
     words = [w.decode('utf-8') if isinstance(w, bytes) else str(w)
              for w in example[TOKENS_FIELD]]
     if words:

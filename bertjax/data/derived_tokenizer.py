@@ -1,0 +1,112 @@
+"""The tokenizer a pre-training run derives into WORKDIR/tokenizer, and its record.
+
+The pipeline trains a SentencePiece model on the corpus, or copies the tokenizer of
+a prepared corpus, and writes beside it `derived_from.json`: the settings it was
+derived from, named as config keys. A later run on the workdir compares them with
+its own: a difference is refused once training has started there (checkpoints or
+metrics.jsonl exist), and before that the stale tokenizer (left by a run that failed
+early) is replaced, so a corrected re-run never trains on the old corpus's
+vocabulary. A tokenizer without the record (imported, adopted from `init`, or
+written before records existed) is trusted as it is.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import jax
+
+from bertjax import reporting
+from bertjax.data import tokenizer as tokenizer_lib
+from bertjax.errors import UserError
+
+RECORD = 'derived_from.json'
+# What a derived tokenizer may have written (tokenizer.save, train_sentencepiece):
+# removed before a stale one is replaced, so two models never sit side by side.
+_TOKENIZER_FILES = ('spm.model', 'vocab.txt', 'tokenizer_config.json')
+
+
+def trained_from(data_cfg, seed: int) -> dict:
+  """What a tokenizer trained on `data_cfg.corpus` depends on: the corpus (with the
+  settings that shape its documents) and the tokenizer settings."""
+  record = {'data.corpus': data_cfg.corpus}
+  if data_cfg.corpus == 'embedded':
+    record.update({'data.embedded_documents': data_cfg.embedded_documents, 'seed': seed})
+  elif not data_cfg.corpus.startswith('tfds:'):
+    record['data.doc_mode'] = data_cfg.doc_mode
+  for key in ('kind', 'vocab_size', 'model_type'):
+    record[f'data.tokenizer.{key}'] = data_cfg.tokenizer[key]
+  return record
+
+
+def copied_from(prepared_dir: str, fingerprint: str) -> dict:
+  """What a tokenizer copied from a prepared corpus depends on."""
+  return {'data.corpus': prepared_dir, 'prepared tokenizer fingerprint': fingerprint}
+
+
+def training_started(workdir: str) -> bool:
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  return (os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+          or (os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))))
+
+
+def read_record(directory: str) -> dict | None:
+  path = os.path.join(directory, RECORD)
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _difference(old: dict, new: dict) -> str | None:
+  """The first key (in the order `new` lists them) whose values differ."""
+  for key in [*new, *(k for k in old if k not in new)]:
+    if old.get(key) != new.get(key):
+      return key
+  return None
+
+
+def ensure(directory: str, wanted: dict, *, started: bool, make: Callable[[str], None],
+           cannot_make: str | None = None) -> tokenizer_lib.Tokenizer:
+  """The tokenizer in `directory` derived from `wanted`; `make(directory)` writes it
+  (process 0 only) when there is none or a stale one a run that never trained left.
+  `cannot_make`, if given, is the error when one would have to be made.
+
+  Every process reads the directory before process 0 writes, so all decide alike.
+  """
+  existing = tokenizer_lib.find(directory)
+  record = read_record(directory) if existing is not None else None
+  key = _difference(record, wanted) if record is not None else None
+  if key is not None and started:
+    raise UserError(
+        f'{directory} was derived with {key}={record.get(key)!r}, but the config says '
+        f'{wanted.get(key)!r}, and training has started in this workdir; use a new '
+        '--workdir (or the original setting to resume)')
+  if cannot_make and (existing is None or key is not None):
+    raise UserError(cannot_make)
+  _sync('tokenizer read')
+  if jax.process_index() == 0 and (existing is None or key is not None):
+    if key is not None:
+      reporting.log(f'replacing {directory}: it was derived with {key}='
+                    f'{record.get(key)!r}, the config says {wanted.get(key)!r}, and no '
+                    'training has happened in this workdir')
+      for name in (*_TOKENIZER_FILES, RECORD):
+        if os.path.exists(os.path.join(directory, name)):
+          os.remove(os.path.join(directory, name))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, RECORD + '.tmp')
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(wanted, f, indent=2)
+    # The record first: a run cut off before the tokenizer exists leaves a record
+    # alone, which the next run treats as no tokenizer at all.
+    os.replace(tmp, os.path.join(directory, RECORD))
+    make(directory)
+  _sync('tokenizer')
+  return tokenizer_lib.load(directory)
+
+
+def _sync(name: str):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
