@@ -106,10 +106,11 @@ def test_sentencepiece_literal_special_tokens_and_batches_match(sentencepiece_ex
   assert ours.mask_id not in ours.encode(texts[0])  # corpora read it as text
 
 
-def test_sentencepiece_export_needs_tokenizers(tmp_path, monkeypatch):
+def test_sentencepiece_export_needs_protobuf(tmp_path, monkeypatch):
   ours = tokenizer_lib.train_sentencepiece(SENTENCES, str(tmp_path / 'sp.model'), vocab_size=100)
-  monkeypatch.setitem(sys.modules, 'tokenizers', None)
-  with pytest.raises(UserError, match='pip install tokenizers'):
+  monkeypatch.delattr(spm, 'sentencepiece_model_pb2', raising=False)
+  monkeypatch.setitem(sys.modules, 'sentencepiece.sentencepiece_model_pb2', None)
+  with pytest.raises(UserError, match='pip install protobuf'):
     write_hf_tokenizer(ours, str(tmp_path / 'hf'))
 
 
