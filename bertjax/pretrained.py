@@ -78,13 +78,14 @@ class PretrainedModel:
 
 
 class PretrainedTokenizer:
-  """Batches text the way `transformers` tokenizers do: [CLS] A [SEP] (B [SEP])."""
+  """Batches text the way `transformers` tokenizers do: [CLS] A [SEP] (B [SEP]), with
+  special tokens written in the text ('the [MASK] of france') read as their ids."""
 
   def __init__(self, tokenizer: tokenizer_lib.Tokenizer, max_length: int = 512):
     self.tokenizer, self.max_length = tokenizer, max_length
 
   def encode(self, text: str) -> list[int]:
-    return self.tokenizer.encode(text)
+    return tokenizer_lib.encode_with_special_tokens(self.tokenizer, [text])[0]
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.tokenizer.decode(ids)
@@ -102,11 +103,12 @@ class PretrainedTokenizer:
       raise UserError(f'{len(texts)} texts but {len(pairs)} text pairs')
     limit = max_length or self.max_length
     tok = self.tokenizer
-    rows = []
-    for a_text, b_text in zip(texts, pairs):
-      rows.append(tokenizer_lib.encode_pair(
-          tok, tok.encode(a_text), tok.encode(b_text) if b_text is not None else None,
-          limit if truncation else None))
+    a_ids = tokenizer_lib.encode_with_special_tokens(tok, texts)
+    b_ids = iter(tokenizer_lib.encode_with_special_tokens(
+        tok, [b for b in pairs if b is not None]))
+    rows = [tokenizer_lib.encode_pair(tok, a, next(b_ids) if b_text is not None else None,
+                                      limit if truncation else None)
+            for a, b_text in zip(a_ids, pairs)]
     width = max(len(ids) for ids, _ in rows)
     if not padding and len({len(ids) for ids, _ in rows}) > 1:
       raise UserError('texts of different lengths need padding=True')

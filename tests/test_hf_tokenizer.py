@@ -95,10 +95,22 @@ def test_sentencepiece_pairs_and_config(sentencepiece_export):
   assert theirs.decode(ids, skip_special_tokens=True) == ours.decode(ids) == SENTENCES[0]
 
 
-def test_sentencepiece_export_needs_tokenizers(tmp_path, monkeypatch):
+def test_sentencepiece_literal_special_tokens_and_batches_match(sentencepiece_export):
+  ours, theirs, _ = sentencepiece_export
+  texts = ['anna is the [MASK] of paris', 'a[SEP]b [CLS][PAD] [UNK].', ' [MASK] ', '[mask] [MASK',
+           'no special tokens']
+  expected = theirs(texts, add_special_tokens=False)['input_ids']
+  assert tokenizer_lib.encode_with_special_tokens(ours, texts) == expected
+  assert ours.mask_id in expected[0]
+  assert ours.encode_batch(texts) == [ours.encode(t) for t in texts]
+  assert ours.mask_id not in ours.encode(texts[0])  # corpora read it as text
+
+
+def test_sentencepiece_export_needs_protobuf(tmp_path, monkeypatch):
   ours = tokenizer_lib.train_sentencepiece(SENTENCES, str(tmp_path / 'sp.model'), vocab_size=100)
-  monkeypatch.setitem(sys.modules, 'tokenizers', None)
-  with pytest.raises(UserError, match='pip install tokenizers'):
+  monkeypatch.delattr(spm, 'sentencepiece_model_pb2', raising=False)
+  monkeypatch.setitem(sys.modules, 'sentencepiece.sentencepiece_model_pb2', None)
+  with pytest.raises(UserError, match='pip install protobuf'):
     write_hf_tokenizer(ours, str(tmp_path / 'hf'))
 
 

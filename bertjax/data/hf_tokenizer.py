@@ -8,13 +8,15 @@ plus `BertTokenizer` config). SentencePiece models become a fast-tokenizer
 `tokenizer.json` rebuilt from the model proto: its precompiled normalizer
 (nmt_nfkc by default), SentencePiece's whitespace rules (trim, collapse runs,
 dummy '▁' prefix), the Unigram scores or BPE merges, and fused [UNK] runs. This
-needs the `tokenizers` and `protobuf` packages at export time only.
+needs the `protobuf` package at export time only.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+
+import tokenizers
 
 from bertjax.data.tokenizer import SentencePieceTokenizer
 from bertjax.data.wordpiece import WordPieceTokenizer
@@ -67,11 +69,10 @@ def _write_json(path: str, obj: dict) -> None:
 def _sentencepiece_tokenizer(tokenizer: SentencePieceTokenizer):
   """A `tokenizers.Tokenizer` that encodes like `tokenizer`, with BERT's template."""
   try:
-    import tokenizers
     from sentencepiece import sentencepiece_model_pb2
   except ImportError as e:
-    raise UserError(f'exporting a SentencePiece tokenizer for Hugging Face needs {e.name!r}: '
-                    'pip install tokenizers protobuf') from e
+    raise UserError('exporting a SentencePiece tokenizer for Hugging Face needs protobuf: '
+                    'pip install protobuf') from e
   proto = sentencepiece_model_pb2.ModelProto()
   proto.ParseFromString(tokenizer.sp.serialized_model_proto())
   _check_exportable(proto, tokenizer.path)

@@ -1,7 +1,12 @@
 """Tokenizers behind one interface: ids, BERT special tokens and word starts.
 
-Word starts drive whole-word masking: a SentencePiece piece starts a word when it
-begins with '▁' or is a lone punctuation mark (ALBERT's rule).
+Callers import the interface from here: `Tokenizer`, `encode_pair`,
+`encode_with_special_tokens` and `SPECIAL_TOKENS` are tokenizer_base's, re-exported;
+`find`/`load`/`save` pick SentencePiece (`spm.model`, defined here) or WordPiece
+(`vocab.txt`, wordpiece.py) from a tokenizer directory.
+
+SentencePiece word starts drive whole-word masking: a piece starts a word when it begins
+with '▁' or is a lone punctuation mark (ALBERT's rule).
 """
 from __future__ import annotations
 
@@ -10,48 +15,21 @@ import json
 import os
 import shutil
 import unicodedata
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
+from bertjax.data.tokenizer_base import (SPECIAL_TOKENS, Tokenizer, encode_pair,
+                                         encode_with_special_tokens)
+from bertjax.data.wordpiece import WordPieceTokenizer
 from bertjax.errors import UserError
 
-SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
+__all__ = ['SPECIAL_TOKENS', 'SentencePieceTokenizer', 'Tokenizer', 'WordPieceTokenizer',
+           'encode_pair', 'encode_with_special_tokens', 'find', 'load', 'save',
+           'train_sentencepiece']
+
 _SP_WORD_BOUNDARY = '\u2581'
-
-
-class Tokenizer(Protocol):
-  """What the rest of bertjax needs from a tokenizer (SentencePiece or WordPiece)."""
-  vocab_size: int
-  pad_id: int
-  unk_id: int
-  cls_id: int
-  sep_id: int
-  mask_id: int
-  special_V: np.ndarray     # bool: never masked
-  word_start_V: np.ndarray  # bool: the piece starts a word
-
-  def encode(self, text: str) -> list[int]: ...
-
-  def decode(self, ids: Sequence[int]) -> str: ...
-
-
-def encode_pair(tok: Tokenizer, a: Sequence[int], b: Sequence[int] | None,
-                seq_len: int | None) -> tuple[list[int], list[int]]:
-  """[CLS] a [SEP] (b [SEP]), truncated longest-first to seq_len (None: not truncated)
-  as `transformers` does; returns (input_ids, token_type_ids) lists."""
-  a, b = list(a), (list(b) if b is not None else None)
-  if seq_len is not None:
-    budget = seq_len - (3 if b is not None else 2)
-    while len(a) + len(b or ()) > budget:
-      if b is not None and len(b) > len(a):
-        b.pop()
-      else:
-        a.pop()
-  ids = [tok.cls_id, *a, tok.sep_id] + ([*b, tok.sep_id] if b is not None else [])
-  types = [0] * (len(a) + 2) + [1] * (len(b) + 1 if b is not None else 0)
-  return ids, types
 
 
 def find(directory: str) -> Tokenizer | None:
@@ -61,7 +39,6 @@ def find(directory: str) -> Tokenizer | None:
     return SentencePieceTokenizer(spm_path)
   vocab_path = os.path.join(directory, 'vocab.txt')
   if os.path.isfile(vocab_path):
-    from bertjax.data.wordpiece import WordPieceTokenizer
     lower = True
     config_path = os.path.join(directory, 'tokenizer_config.json')
     if os.path.isfile(config_path):
@@ -115,6 +92,9 @@ class SentencePieceTokenizer:
 
   def encode(self, text: str) -> list[int]:
     return self.sp.encode(text)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self.sp.encode(list(texts))
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.sp.decode([int(i) for i in ids if not self.special_V[i]])
