@@ -33,11 +33,8 @@ def encode_record(sentences: list[list[int]]) -> bytes:
 
 
 def _encode(tok, sentences: list[str]) -> list[list[int]]:
-  if isinstance(tok, tokenizer_lib.SentencePieceTokenizer):
-    ids = tok.sp.encode(sentences)  # one call a document: much faster than a sentence
-  else:
-    ids = [tok.encode(s) for s in sentences]
-  return [s for s in ids if s]
+  # One call a document: much faster than one a sentence, and spread over the cores.
+  return [s for s in tok.encode_batch(sentences) if s]
 
 
 class _ShardWriter:
