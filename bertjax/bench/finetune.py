@@ -1,7 +1,7 @@
-"""bertjax and `transformers` (PyTorch) fine-tuned alike on a classification task,
-side by side: both accuracies and both wall times.
+"""`bertjax bench --finetune`: bertjax and `transformers` (PyTorch) fine-tuned alike on
+a classification task, side by side: both accuracies and both wall times.
 
-    python -m bertjax.finetune_peer --config experiments/agnews.py:init=HF_DIR --workdir W
+    bertjax bench --finetune --config experiments/agnews.py:init=HF_DIR --workdir W
 
 Both start from the same Hugging Face weights (`init`, a new classifier each), read
 the same encoded rows (bertjax's tokenizer gives the ids `transformers`' does) in the
@@ -12,15 +12,13 @@ They differ in what cannot be shared: the classifier's random init and dropout m
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-from bertjax import config_lib, finetune, optim
+from bertjax import finetune, optim
 from bertjax.errors import UserError
 from bertjax.tasks import registry
 
@@ -108,7 +106,6 @@ def side_by_side(config, workdir: str) -> dict:
                         train_seconds=theirs['train_seconds']))
   with open(os.path.join(workdir, 'side_by_side.json'), 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=2)
-  print(format_result(result))
   return result
 
 
@@ -126,22 +123,8 @@ def format_result(r: dict) -> str:
   ])
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m bertjax.finetune_peer',
-                                   description=__doc__.split('\n\n')[0])
-  parser.add_argument('--config', required=True, help='experiments/FILE.py[:arg]')
-  parser.add_argument('--workdir', required=True, help='holds bertjax/ and side_by_side.json')
-  args, unknown = parser.parse_known_args(argv)
-  from bertjax.cli import split_overrides
-  try:
-    config = config_lib.apply_overrides(config_lib.load_config(args.config),
-                                        split_overrides(unknown, parser))
-    side_by_side(config, args.workdir)
-  except UserError as e:
-    print(f'bertjax: error: {e}', file=sys.stderr)
-    return 2
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())
+def run(config, workdir: str, *, as_json: bool) -> dict:
+  """Runs the side-by-side into `workdir` (bertjax/ and side_by_side.json) and prints it."""
+  result = side_by_side(config, workdir)
+  print(json.dumps(result) if as_json else format_result(result))
+  return result
