@@ -54,8 +54,8 @@ def _train(args, overrides):
 
 def _compare(args, overrides):
   config = _config_from_args(args.config, overrides)
-  from bertjax import compare
-  compare.compare(config, args.workdir, args.config)
+  from bertjax.compare import sweep
+  sweep.run(config, args.workdir, args.config)
 
 
 def _evaluate(args, overrides):
@@ -65,22 +65,32 @@ def _evaluate(args, overrides):
 
 
 def _bench(args, overrides):
+  if args.finetune != bool(args.workdir):
+    raise UserError('--finetune and --workdir go together: bertjax bench --finetune '
+                    '--config FILE.py[:arg] --workdir W')
   if args.suite:
-    if args.peers or args.data:
-      raise UserError('--suite takes its peers from the suite file; drop --peers and --data')
-    from bertjax import bench_suite
-    bench_suite.run(args.suite, overrides, steps_to_time=args.steps, rounds=args.rounds,
-                    as_json=args.json)
+    if args.peers or args.data or args.finetune:
+      raise UserError('--suite measures the entries of the suite file, their peers '
+                      'included; drop --peers, --data and --finetune')
+    from bertjax.bench import suite
+    suite.run(args.suite, overrides, steps_to_time=args.steps, rounds=args.rounds,
+              as_json=args.json)
     return
   config = _config_from_args(args.config, overrides)
-  from bertjax import bench
+  if args.finetune:
+    if args.peers or args.data:
+      raise UserError('--finetune fine-tunes beside transformers; drop --peers and --data')
+    from bertjax.bench import finetune
+    finetune.run(config, args.workdir, as_json=args.json)
+    return
   if args.peers:
     import json
-    from bertjax import peers
+    from bertjax.bench import peers
     rows = peers.compare(config, rounds=args.rounds, steps_per_round=args.steps)
     print(json.dumps(rows) if args.json else peers.format_table(rows))
     return
-  bench.run(config, steps_to_time=args.steps, as_json=args.json, data_workdir=args.data)
+  from bertjax.bench import step
+  step.run(config, steps_to_time=args.steps, as_json=args.json, data_workdir=args.data)
 
 
 def _import(args, overrides):
@@ -175,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   bench = commands.add_parser(
       'bench', help='measure train-step throughput (and MFU) of a config',
-      description='Times the jitted train step on synthetic batches shaped like the config.')
+      description='Times the jitted train step on synthetic batches shaped like the config; '
+      'with --finetune, fine-tunes beside transformers instead.')
   what = bench.add_mutually_exclusive_group(required=True)
   what.add_argument('--config', help='experiments/FILE.py[:arg]')
   what.add_argument('--suite', metavar='FILE.py:NAME',
@@ -191,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help='also run transformers (PyTorch eager, torch.compile) on the same '
                      'shapes, interleaved, and print the ratios')
   bench.add_argument('--rounds', type=int, default=5, help='interleaved rounds beside the peers')
+  bench.add_argument('--finetune', action='store_true',
+                     help="fine-tune the config's init (a Hugging Face directory) with "
+                     'bertjax and with transformers alike and print both accuracies and '
+                     'wall times (e.g. experiments/agnews.py:init=HF_DIR)')
+  bench.add_argument('--workdir', help='with --finetune: holds bertjax/ and side_by_side.json')
   bench.set_defaults(run=_bench)
 
   from bertjax.data_cli import add_data_commands

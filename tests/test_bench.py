@@ -1,10 +1,13 @@
 """`bertjax bench` measures what it says, and the peer comparison runs."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from bertjax import bench, config_lib, flax_peer, flops
+from bertjax import config_lib, flops, train
+from bertjax.bench import flax_peer, peers, step, suite
 from bertjax.cli import main
 
 from conftest import ROOT
@@ -23,8 +26,17 @@ def test_bench_reports_throughput_as_json(capsys, tmp_path):
   assert 0.5 < result['padding_efficiency'] <= 1.0
 
 
+def test_bench_times_the_model_a_real_run_builds():
+  # 500 is no multiple of 128: bench pads nothing of its own, peers included.
+  config = config_lib.load_config(BENCH + ':local')
+  config_lib.apply_overrides(config, ['mesh.data=1', 'data.tokenizer.vocab_size=500'])
+  compiled = step.compile_step(config)
+  assert compiled.model_cfg == train.model_config(config, 500)
+  assert peers._hf_config(config)['vocab_size'] == 500
+  assert step.synthetic_batch(config)['input_ids'].max() < 500
+
+
 def test_flops_match_design_figures():
-  from bertjax import train
   for model, want in (('base', 0.55e9), ('large', 1.9e9)):
     c = config_lib.load_config(f'{BENCH}:model={model}')
     got = flops.train_flops_per_token(train.model_config(c, 30522), 128, 20)
@@ -34,7 +46,6 @@ def test_flops_match_design_figures():
 def test_peers_side_by_side(capsys, tmp_path, monkeypatch):
   pytest.importorskip('torch')
   pytest.importorskip('transformers')
-  from bertjax import peers
   monkeypatch.setenv(flax_peer.DIR_ENV, str(tmp_path))  # no transformers 4.x there
   config = config_lib.load_config(BENCH + ':local')
   config_lib.apply_overrides(config, ['mesh.data=1'])
@@ -48,7 +59,6 @@ def test_peers_side_by_side(capsys, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not flax_peer.installed(), reason='no transformers 4.x for the Flax peer')
 def test_flax_peer_trains_in_its_subprocess():
-  from bertjax import peers
   config = config_lib.load_config(BENCH + ':local')
   run = peers._flax_runner(config)
   try:
@@ -60,14 +70,13 @@ def test_flax_peer_trains_in_its_subprocess():
 def test_suite_measures_each_shape_and_judges_its_targets(capsys, monkeypatch):
   pytest.importorskip('torch')
   pytest.importorskip('transformers')
-  from bertjax import peers
   compare = peers.compare
   # The peers' slow parts (torch.compile, the Flax subprocess) have their own tests.
   monkeypatch.setattr(peers, 'compare', lambda config, **kw: compare(
       config, **kw, with_compile=False, with_flax=False))
   compiled = []  # the peers time the step `bench` compiled: one compile an entry
-  compile_step = bench.compile_step
-  monkeypatch.setattr(bench, 'compile_step', lambda c: compiled.append(c) or compile_step(c))
+  compile_step = step.compile_step
+  monkeypatch.setattr(step, 'compile_step', lambda c: compiled.append(c) or compile_step(c))
   assert main(['bench', '--suite', BENCH + ':local', '--steps', '1', '--rounds', '1', '--json',
                '--config.mesh.data=1']) == 0
   rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -83,7 +92,6 @@ def test_suite_measures_each_shape_and_judges_its_targets(capsys, monkeypatch):
 
 
 def test_suite_table_marks_targets_met_missed_and_unmeasured():
-  from bertjax import bench_suite
   result = dict(device='1 x NVIDIA H200', compile_seconds=42.0, step_time=0.1,
                 tokens_per_sec=1000.0, mfu=0.5, flops_per_sec_per_device=5e14,
                 peak_memory_bytes=2**33)
@@ -93,7 +101,7 @@ def test_suite_table_marks_targets_met_missed_and_unmeasured():
                              met=False)]),
           dict(entry='model=large', result=dict(result, mfu=None, peak_memory_bytes=None),
                targets=[dict(name='MFU', want='>= 55%', got=None, shown=None, met=None)])]
-  table = bench_suite.format_suite('experiments/bench.py', 'h200', rows)
+  table = suite.format_suite('experiments/bench.py', 'h200', rows)
   assert '| model=base | 42.0 s | 100.0 ms | 1,000 | 50.0% | 8.0 GiB | MFU 50.0% (target >= 45%): ' \
          'met; compile 42.0 s (target <= 30 s): **missed** |' in table
   assert '| model=large | 42.0 s | 100.0 ms | 1,000 | 500.000 T | - | ' \
@@ -111,11 +119,35 @@ def test_suite_names_a_bad_suite_or_entry(tmp_path, capsys):
 
 
 def test_every_suite_entry_is_a_config_of_the_file():
-  from bertjax import bench_suite
   loaded = {}
   for name in ('h200', 'cpu', 'local'):
-    path, entries = bench_suite.load_suite(f'{BENCH}:{name}')
+    path, entries = suite.load_suite(f'{BENCH}:{name}')
     loaded[name] = [config_lib.load_config(f'{path}:{e["config"]}') for e in entries]
   # The GPU record is what issue 7 sets targets for: bf16 with the fused attention.
   assert {(c.model.dtype, c.model.attention) for c in loaded['h200']} == {('bfloat16', 'cudnn')}
   assert [c.model.scan_layers for c in loaded['cpu']] == [False, False, True]
+
+
+AGNEWS_LOCAL = os.path.join(ROOT, 'experiments', 'agnews.py') + ':local'
+
+
+def test_finetune_mode_takes_a_workdir_and_a_hugging_face_init(tmp_path, capsys):
+  assert main(['bench', '--finetune', '--config', AGNEWS_LOCAL]) == 2
+  assert '--finetune and --workdir go together' in capsys.readouterr().err
+  assert main(['bench', '--config', AGNEWS_LOCAL, '--workdir', str(tmp_path)]) == 2
+  assert '--finetune and --workdir go together' in capsys.readouterr().err
+  assert main(['bench', '--finetune', '--config', f'{AGNEWS_LOCAL},init={tmp_path}',
+               '--workdir', str(tmp_path / 'side')]) == 2
+  assert 'must be a Hugging Face model directory' in capsys.readouterr().err
+
+
+def test_old_finetune_peer_spelling_runs_the_bench_mode(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'bertjax.finetune_peer', '--config',
+       f'{AGNEWS_LOCAL},init={tmp_path}', '--workdir', str(tmp_path / 'side')],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert done.returncode == 2
+  assert done.stderr.splitlines() == [
+      'bertjax: python -m bertjax.finetune_peer is now bertjax bench --finetune',
+      f"bertjax: error: init='{tmp_path}' must be a Hugging Face model directory, which "
+      'both sides load (export a bertjax workdir with `bertjax export`)']

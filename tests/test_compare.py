@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from bertjax import compare, config_lib
+from bertjax import config_lib
+from bertjax.compare import sweep
 from bertjax.cli import main
 from bertjax.errors import UserError
 
@@ -25,13 +26,13 @@ def test_bad_sweep_configs_name_the_key():
   config = config_lib.load_config(SWEEP + ':local')
   config_lib.apply_overrides(config, ['variants=()'])
   with pytest.raises(UserError, match='the sweep config lists no variants'):
-    compare.validate(config)
+    sweep.validate(config)
   config_lib.apply_overrides(config, ["variants=('token','spam')"])
   with pytest.raises(UserError, match=r"variants \['spam'\] are not masking kinds"):
-    compare.validate(config)
+    sweep.validate(config)
   pretrain_only = config_lib.load_config(os.path.join(ROOT, 'experiments', 'quickstart.py'))
   with pytest.raises(UserError, match="the sweep config has no 'variants'"):
-    compare.validate(pretrain_only)
+    sweep.validate(pretrain_only)
 
 
 def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys):
@@ -65,7 +66,7 @@ def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys):
   with open(os.path.join(workdir, 'span', 'downstream_0', 'best.json')) as f:
     best = json.load(f)['metrics'][metric]
   assert float(rows['span']['downstream_mean']) == pytest.approx(best)
-  expected_hash = config_lib.config_hash(compare.variant_config(
+  expected_hash = config_lib.config_hash(sweep.variant_config(
       config_lib.apply_overrides(config_lib.load_config(SWEEP + ':local'), SHRINK), 'span'))
   assert rows['span']['config_hash'] == expected_hash
   # Finished variants are read back, not trained again.

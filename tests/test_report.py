@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from bertjax import report
+from bertjax.compare import report
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 

@@ -24,6 +24,8 @@ import tempfile
 
 import numpy as np
 
+import bertjax
+
 DIR_ENV = 'BERTJAX_TRANSFORMERS4'
 
 
@@ -54,13 +56,13 @@ def start(spec: dict, batch: dict[str, np.ndarray]):
   np.savez(os.path.join(work, 'batch.npz'), **batch)
   with open(os.path.join(work, 'spec.json'), 'w', encoding='utf-8') as f:
     json.dump(spec, f)
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(bertjax.__file__)))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [directory, repo] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
   # The parent already holds its accelerator memory; take only what is needed.
   env['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
   stderr = open(os.path.join(work, 'stderr.txt'), 'w+', encoding='utf-8')
-  child = subprocess.Popen([sys.executable, '-m', 'bertjax.flax_peer', work], env=env,
+  child = subprocess.Popen([sys.executable, '-m', 'bertjax.bench.flax_peer', work], env=env,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                            text=True)
 

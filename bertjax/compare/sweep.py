@@ -1,4 +1,4 @@
-"""Masking sweeps: pre-train one model per masking variant under one budget, evaluate
+"""`bertjax compare`: pre-train one model per masking variant under one budget, evaluate
 each the same ways, fine-tune each downstream, and write the report.
 
 A sweep config (e.g. experiments/masking_sweep.py) holds `variants` (masking kinds),
@@ -22,8 +22,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bertjax import (checkpoint, config_lib, finetune, report, reporting, sharding, steps,
-                     train)
+from bertjax import checkpoint, config_lib, finetune, reporting, sharding, steps, train
+from bertjax.compare.report import (VariantResult, format_table, loss_curve_from_metrics,
+                                    write_report)
 from bertjax.data import masking, pipeline, tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
@@ -133,16 +134,16 @@ def run_variant(config, kind: str, workdir: str, tokenizer_dir: str, config_spec
       return None
     downstream.append(metrics[ft.task.metric])
   seconds, tokens_per_sec = _training_figures(os.path.join(pre_dir, 'metrics.jsonl'))
-  return report.VariantResult(
+  return VariantResult(
       name=kind, config_path=config_spec, config_hash=config_lib.config_hash(pre),
       mlm_accuracy_token=token, mlm_accuracy_own=own['mlm_accuracy'],
       downstream_metric_name=config.downstream.task.metric, downstream=downstream,
       tokens_per_sec=tokens_per_sec, wall_seconds=seconds, steps=pre.train.steps,
       tokens=pre.train.steps * pre.train.batch_size * pre.data.seq_len,
-      loss_curve=report.loss_curve_from_metrics(os.path.join(pre_dir, 'metrics.jsonl')))
+      loss_curve=loss_curve_from_metrics(os.path.join(pre_dir, 'metrics.jsonl')))
 
 
-def compare(config, workdir: str, config_spec: str) -> list[report.VariantResult]:
+def run(config, workdir: str, config_spec: str) -> list[VariantResult]:
   """Runs (or resumes) the sweep and writes WORKDIR/report.md, report.csv and plots."""
   validate(config)
   os.makedirs(workdir, exist_ok=True)
@@ -161,7 +162,7 @@ def compare(config, workdir: str, config_spec: str) -> list[report.VariantResult
     result_path = os.path.join(variant_dir, RESULT_FILE)
     if os.path.isfile(result_path):
       with open(result_path, encoding='utf-8') as f:
-        results.append(report.VariantResult(**json.load(f)))
+        results.append(VariantResult(**json.load(f)))
       reporting.log(f'variant {i + 1}/{len(config.variants)} {kind}: done before, read back')
       continue
     reporting.log(f'variant {i + 1}/{len(config.variants)}: {kind} masking')
@@ -173,8 +174,8 @@ def compare(config, workdir: str, config_spec: str) -> list[report.VariantResult
       json.dump(dataclasses.asdict(result), f, indent=1)
     os.replace(result_path + '.tmp', result_path)
     results.append(result)
-  paths = report.write_report(results, workdir, title=config.title, notes=list(config.notes))
-  print(report.format_table(results))
+  paths = write_report(results, workdir, title=config.title, notes=list(config.notes))
+  print(format_table(results))
   reporting.log(f'report: {paths["markdown"]} (table), {paths["csv"]}, plots '
                 + ', '.join(paths['plots']))
   return results

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 
-from bertjax import bench, config_lib, peers
+from bertjax import config_lib
+from bertjax.bench import peers, step
 from bertjax.errors import UserError
 
 _ENTRY_KEYS = {'config', 'min_mfu', 'max_compile_s', 'peers'}
@@ -61,8 +62,8 @@ def run_entry(path: str, entry: dict, overrides: list[str], *, steps_to_time: in
               rounds: int) -> dict:
   config = config_lib.load_config(f'{path}:{entry["config"]}')
   config_lib.apply_overrides(config, overrides)
-  step = bench.compile_step(config)
-  result = bench.measure(config, steps_to_time=steps_to_time, step=step)
+  compiled = step.compile_step(config)
+  result = step.measure(config, steps_to_time=steps_to_time, step=compiled)
   targets = []
   if 'min_mfu' in entry:
     mfu = result['mfu']
@@ -77,7 +78,7 @@ def run_entry(path: str, entry: dict, overrides: list[str], *, steps_to_time: in
                                    at_least=False)))
   if 'peers' in entry:
     versus = entry['peers'].get('versus', 'fastest')
-    rows = peers.compare(config, rounds=rounds, steps_per_round=steps_to_time, ours=step)
+    rows = peers.compare(config, rounds=rounds, steps_per_round=steps_to_time, ours=compiled)
     ratio = _peer_ratio(rows, versus)
     result.update(peers=rows, peer_ratio=ratio)
     want = entry['peers'].get('min_ratio')

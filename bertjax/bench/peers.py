@@ -7,7 +7,9 @@ in:
 - `transformers` BertForPreTraining in PyTorch eager, SDPA attention;
 - the same under `torch.compile`, where it compiles;
 - `transformers` 4.x FlaxBertForPreTraining, jitted and donated, in a subprocess
-  (`bertjax.flax_peer`; 5.x has no Flax models).
+  (`bertjax.bench.flax_peer`; 5.x has no Flax models).
+The peers get the tokenizer's vocabulary, as their users train with it; bertjax gets
+the model its real runs build from it (`train.model_config`).
 Rounds interleave the systems so machine noise hits all alike; each system's figure
 is its median over rounds. A peer that cannot run here gets a row saying why.
 """
@@ -18,12 +20,13 @@ import time
 
 import numpy as np
 
-from bertjax import bench, flax_peer
+from bertjax import train
+from bertjax.bench import flax_peer, step
 
 
 def _hf_config(config) -> dict:
-  m = bench.model_config(config)
-  return dict(vocab_size=m.vocab_size, hidden_size=m.hidden_size,
+  m = train.model_config(config, config.data.tokenizer.vocab_size)
+  return dict(vocab_size=config.data.tokenizer.vocab_size, hidden_size=m.hidden_size,
               num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
               intermediate_size=m.intermediate_size,
               max_position_embeddings=m.max_position_embeddings,
@@ -33,7 +36,7 @@ def _hf_config(config) -> dict:
 
 def _hf_batch(config) -> dict[str, np.ndarray]:
   """The bench's batch as `transformers` takes it: MLM labels -100 off the masks."""
-  batch = bench.synthetic_batch(config, bench.model_config(config).vocab_size)
+  batch = step.synthetic_batch(config)
   labels = np.full_like(batch['input_ids'], -100)
   np.put_along_axis(labels, batch['mlm_positions'], batch['mlm_targets'], 1)
   return dict(input_ids=batch['input_ids'], token_type_ids=batch['token_type_ids'],
@@ -86,9 +89,9 @@ FLAX = 'transformers 4.x (Flax, jit)'
 
 
 def compare(config, *, rounds: int = 5, steps_per_round: int = 5, with_compile: bool = True,
-            with_flax: bool = True, ours: bench.CompiledStep | None = None) -> list[dict]:
+            with_flax: bool = True, ours: step.CompiledStep | None = None) -> list[dict]:
   """`ours`: bertjax's step if the caller compiled it already (it is not compiled twice)."""
-  runners = {'bertjax': (ours or bench.compile_step(config)).run,
+  runners = {'bertjax': (ours or step.compile_step(config)).run,
              TORCH_EAGER: _torch_runner(config, compiled=False)}
   skipped = {}
   if with_compile:

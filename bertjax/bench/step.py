@@ -1,12 +1,12 @@
 """`bertjax bench`: train-step throughput of a config, measured as users compare it.
 
-Times the jitted train step (params, optimizer update, donation, the config's mesh)
-on synthetic batches shaped like the config's: every sequence `seq_len` tokens with
-`max_predictions` masked positions. Prints compile time, median step time over many
-device-synchronised steps after warm-up, tokens/s and sequences/s, MFU against the
-device's bf16 peak (achieved FLOP/s where the peak is unknown, e.g. on CPUs), peak
-device memory where the backend reports it, and the padding efficiency of the
-config's real input pipeline when asked (`--data`).
+Times the jitted train step a real run compiles (its model config, params, optimizer
+update, donation, the config's mesh) on synthetic batches shaped like the config's:
+every sequence `seq_len` tokens with `max_predictions` masked positions. Prints
+compile time, median step time over many device-synchronised steps after warm-up,
+tokens/s and sequences/s, MFU against the device's bf16 peak (achieved FLOP/s where
+the peak is unknown, e.g. on CPUs), peak device memory where the backend reports it,
+and the padding efficiency of the config's real input pipeline when asked (`--data`).
 """
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ from bertjax import flops, sharding, steps, train
 from bertjax.models.bert import BertConfig
 
 
-def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """A global batch like the pipeline's, with no padding (see `padding_efficiency`)."""
+def synthetic_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
+  """A global batch like the pipeline's, with no padding (see `padding_efficiency`).
+  Its ids are the tokenizer's, as a real run's are."""
   rng = np.random.default_rng(seed)
   b, length, p = config.train.batch_size, config.data.seq_len, config.data.masking.max_predictions
-  ids = rng.integers(5, vocab_size, (b, length)).astype(np.int32)
+  ids = rng.integers(5, config.data.tokenizer.vocab_size, (b, length)).astype(np.int32)
   positions = np.sort(rng.random((b, length)).argsort(1)[:, :p], axis=1).astype(np.int32)
   return dict(input_ids=ids, token_type_ids=(np.arange(length) >= length // 2).astype(
       np.int32)[None].repeat(b, 0), attention_mask=np.ones((b, length), np.int32),
@@ -36,12 +37,6 @@ def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndar
               mlm_targets=np.take_along_axis(ids, positions, 1),
               mlm_weights=np.ones((b, p), np.float32),
               nsp_labels=rng.integers(0, 2, b).astype(np.int32))
-
-
-def model_config(config) -> BertConfig:
-  # The vocabulary a real run would have: the tokenizer's size, padded to 128s.
-  vocab = -(-config.data.tokenizer.vocab_size // 128) * 128
-  return train.model_config(config, vocab)
 
 
 @dataclasses.dataclass
@@ -57,12 +52,13 @@ class CompiledStep:
 def compile_step(config) -> CompiledStep:
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
-  model_cfg = model_config(config)
+  # The real run's own model config (vocabulary handling included), so the step timed
+  # is the step a run compiles.
+  model_cfg = train.model_config(config, config.data.tokenizer.vocab_size)
   fns = steps.build(config, model_cfg, mesh, rules)
   with sharding.activate(mesh, rules):
     state = fns.init(jax.random.key(0))
-    batch = sharding.global_batch(synthetic_batch(config, model_cfg.vocab_size),
-                                  fns.batch_sharding)
+    batch = sharding.global_batch(synthetic_batch(config), fns.batch_sharding)
     start = time.perf_counter()
     compiled = fns.train_step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
