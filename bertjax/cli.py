@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from bertjax.errors import UserError
@@ -32,8 +33,17 @@ def split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> list
 
 def _train(args, overrides):
   config = _config_from_args(args.config, overrides)
-  from bertjax import distributed, finetune, train
-  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  import jax
+  from bertjax import distributed, finetune, sharding, train
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         expect_devices=args.expect_devices)
+  # A mesh the devices cannot hold stops here, before the workdir is touched. One host
+  # may leave devices out (a reference run); several cannot: each feeds its own.
+  shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, jax.device_count())))
+  if jax.process_count() > 1 and math.prod(shape.values()) != jax.device_count():
+    raise UserError(f'mesh {shape} uses {math.prod(shape.values())} of the '
+                    f'{jax.device_count()} devices of this {jax.process_count()}-process run; '
+                    'size it to all of them, e.g. --config.mesh.data=-1')
   if finetune.is_finetune_config(config):
     if args.profile:
       raise UserError('--profile traces pre-training runs only')
@@ -114,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
   multihost.add_argument('--coordinator_address', help='host:port of process 0')
   multihost.add_argument('--num_processes', type=int)
   multihost.add_argument('--process_id', type=int)
+  multihost.add_argument('--expect_devices', type=int, metavar='N',
+                         help='stop unless JAX sees at least N devices in all (default: '
+                         'what SLURM or the TPU type asked for)')
   train.set_defaults(run=_train)
 
   cmp = commands.add_parser(
