@@ -9,7 +9,7 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 import bertjax  # noqa: E402
-from bertjax import config_lib, hf, hf_convert, pretrained, train  # noqa: E402
+from bertjax import config_lib, finetune, hf, hf_convert, pretrained, train  # noqa: E402
 from bertjax.cli import main  # noqa: E402
 from bertjax.errors import UserError  # noqa: E402
 from bertjax.models import heads  # noqa: E402
@@ -150,3 +150,41 @@ def test_bad_hf_directories_say_what_is_wrong(tmp_path):
     hf.read_safetensors(str(tmp_path))
   with pytest.raises(UserError, match='neither a Hugging Face model directory'):
     bertjax.from_pretrained(str(tmp_path / 'nowhere'))
+
+
+def test_finetuned_workdir_exports_to_its_task_class(trained_workdir, tmp_path):
+  workdir = str(tmp_path / 'glue')
+  config = config_lib.load_config(
+      os.path.join(ROOT, 'experiments', 'glue.py') + f':local,init={trained_workdir}')
+  finetune.finetune_and_evaluate(config, workdir)
+  out = str(tmp_path / 'export')
+  assert main(['export', '--workdir', workdir, '--out', out]) == 0
+  saved = json.load(open(os.path.join(out, 'config.json')))
+  assert saved['architectures'] == ['BertForSequenceClassification']
+  labels = json.load(open(os.path.join(workdir, 'task.json')))['label_names']
+  assert [saved['id2label'][str(i)] for i in range(len(labels))] == labels
+  reference, info = transformers.BertForSequenceClassification.from_pretrained(
+      out, output_loading_info=True)
+  assert_clean_load(info)
+  model, tok = bertjax.from_pretrained(workdir)  # its best weights, with its head
+  assert model.kind == 'sequence_classification'
+  batch = tok(TEXTS)
+  with torch.no_grad():
+    theirs = reference.eval()(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()})
+  np.testing.assert_allclose(model(**batch).logits, theirs.logits, atol=ATOL)
+  assert 'fine-tuned from' in open(os.path.join(out, 'README.md')).read()
+
+
+def test_save_pretrained_refuses_a_directory_with_other_files(trained_workdir, tmp_path):
+  model, tok = bertjax.from_pretrained(trained_workdir)
+  (tmp_path / 'notes.txt').write_text('mine')
+  with pytest.raises(UserError, match='already holds other files'):
+    bertjax.save_pretrained(model, tok, str(tmp_path))
+  assert (tmp_path / 'notes.txt').read_text() == 'mine'
+
+
+def test_export_into_the_workdir_or_its_parent_is_refused(trained_workdir, capsys):
+  for out in (trained_workdir, os.path.dirname(trained_workdir)):
+    assert main(['export', '--workdir', trained_workdir, '--out', out]) == 2
+    assert 'exporting there would mix' in capsys.readouterr().err
+  assert os.path.isdir(os.path.join(trained_workdir, 'checkpoints'))
