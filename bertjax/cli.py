@@ -4,13 +4,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bertjax import __version__
 from bertjax.errors import UserError
 
 
 def _config_from_args(config_spec: str, overrides: list[str]):
-  from bertjax import config_lib
-  config = config_lib.load_config(config_spec)
-  return config_lib.apply_overrides(config, overrides)
+  """The experiment's config with the overrides, validated before any work."""
+  from bertjax import config_checks, config_lib
+  config = config_lib.apply_overrides(config_lib.load_config(config_spec), overrides)
+  config_checks.validate(config)
+  return config
 
 
 def split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -31,9 +34,10 @@ def split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> list
 
 
 def _train(args, overrides):
-  config = _config_from_args(args.config, overrides)
   from bertjax import distributed, finetune, train
+  # Before validation: its backend check would start JAX, which must join hosts first.
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  config = _config_from_args(args.config, overrides)
   if finetune.is_finetune_config(config):
     if args.profile:
       raise UserError('--profile traces pre-training runs only')
@@ -92,6 +96,7 @@ def _no_overrides(overrides, command):
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='bertjax', description='Pre-train and fine-tune BERT in JAX.')
+  parser.add_argument('--version', action='version', version=f'bertjax {__version__}')
   commands = parser.add_subparsers(dest='command', required=True)
   train = commands.add_parser(
       'train', help='pre-train or fine-tune (or resume) a model',
