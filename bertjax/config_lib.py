@@ -346,7 +346,8 @@ def _coerce(key: str, raw: str, old: Any) -> Any:
     value = _literal(raw)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         isinstance(old, int) and not isinstance(value, int)):
-      raise UserError(f'config key {key!r} is {type(old).__name__}; got {raw!r}')
+      raise UserError(f'config key {key!r} is {type(old).__name__}; got {raw!r}, write '
+                      f'e.g. --config.{key}={old!r}')
     return type(old)(value)
   if isinstance(old, str):
     return raw
