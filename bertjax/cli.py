@@ -5,13 +5,16 @@ import argparse
 import math
 import sys
 
+from bertjax import __version__
 from bertjax.errors import UserError
 
 
 def _config_from_args(config_spec: str, overrides: list[str]):
-  from bertjax import config_lib
-  config = config_lib.load_config(config_spec)
-  return config_lib.apply_overrides(config, overrides)
+  """The experiment's config with the overrides, validated before any work."""
+  from bertjax import config_checks, config_lib
+  config = config_lib.apply_overrides(config_lib.load_config(config_spec), overrides)
+  config_checks.validate(config)
+  return config
 
 
 def split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -32,11 +35,12 @@ def split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> list
 
 
 def _train(args, overrides):
-  config = _config_from_args(args.config, overrides)
   import jax
   from bertjax import distributed, finetune, sharding, train
+  # Before validation: its backend check would start JAX, which must join hosts first.
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          expect_devices=args.expect_devices)
+  config = _config_from_args(args.config, overrides)
   # A mesh the devices cannot hold stops here, before the workdir is touched. One host
   # may leave devices out (a reference run); several cannot: each feeds its own.
   shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, jax.device_count())))
@@ -120,6 +124,7 @@ def _no_overrides(overrides, command):
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='bertjax', description='Pre-train and fine-tune BERT in JAX.')
+  parser.add_argument('--version', action='version', version=f'bertjax {__version__}')
   commands = parser.add_subparsers(dest='command', required=True)
   train = commands.add_parser(
       'train', help='pre-train or fine-tune (or resume) a model',

@@ -10,9 +10,12 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
+import importlib.machinery
 import importlib.util
+import inspect
 import json
 import os
+import sys
 from typing import Any, Iterable
 
 import ml_collections
@@ -177,46 +180,6 @@ def finetune_defaults(kind: str) -> ConfigDict:
   return c
 
 
-def bert_recipe(model: str, arg: str | None) -> ConfigDict:
-  """BERT's two-phase pre-training recipe (Devlin et al. 2019, DESIGN.md facts).
-
-  `arg` keys: `phase` (1: 90% of the steps at length 128; 2: the last 10% at 512,
-  starting from phase 1's workdir given as `init`), `masking` (token, whole_word,
-  span, ngram), `local` (a tiny model on the embedded corpus, seconds on a CPU).
-  """
-  a = parse_arg(arg, local=False, phase=1, masking='token', init='')
-  if a.phase not in (1, 2):
-    raise UserError(f'phase must be 1 or 2, got {a.phase!r}')
-  c = pretrain_defaults(model=model)
-  c.data.masking.kind = a.masking
-  # No corpus is implied: point data.corpus at your text (documents separated by
-  # blank lines), e.g. --config.data.corpus='/data/wiki/*.txt'.
-  c.data.corpus = ''
-  c.data.tokenizer.vocab_size = 30522
-  total = 1_000_000
-  if a.phase == 1:
-    c.train.steps = total * 9 // 10
-  else:
-    if not a.init:
-      raise UserError('phase 2 continues from phase 1: pass :phase=2,init=PHASE1_WORKDIR')
-    c.init = a.init
-    c.train.steps = total // 10
-    c.data.seq_len, c.data.masking.max_predictions = 512, 80
-    c.optim.warmup_steps = c.train.steps // 10
-  if a.local:
-    c.model = model_preset('tiny')
-    c.data.corpus = 'embedded'
-    c.data.embedded_documents = 400
-    c.data.tokenizer.vocab_size = 512
-    c.data.tokenizer.model_type = 'bpe'
-    c.data.seq_len = 64 if a.phase == 1 else 128
-    c.data.masking.max_predictions = 10 if a.phase == 1 else 20
-    c.train.steps, c.train.batch_size, c.train.log_every = 4, 8, 2
-    c.train.checkpoint_every, c.train.eval_batches = 4, 2
-    c.optim.warmup_steps = 2
-  return c
-
-
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
   """Parses a big_vision style `:arg` string, e.g. 'local' or 'local,steps=10'.
 
@@ -234,11 +197,25 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
 
 
 def load_experiment(spec: str, function: str = 'get_config', flag: str = '--config'):
-  """Imports the file of `path.py[:arg]`; returns its `function` and the arg (or None)."""
+  """Imports the file of `path.py[:arg]`; returns its `function` and the arg (or None).
+
+  The file runs as a module of a package made of its directory, so an experiment can
+  import its siblings (`from .common import bert_recipe`) whatever the cwd.
+  """
   path, _, arg = spec.partition(':')
   if not os.path.isfile(path):
-    raise UserError(f'config file {path!r} not found; pass {flag} experiments/NAME.py[:arg]')
-  module_spec = importlib.util.spec_from_file_location('bertjax_experiment', path)
+    raise UserError(_missing_file_message(path, flag))
+  if not path.endswith('.py'):
+    raise UserError(f'config file {path!r} is not a Python file; pass {flag} '
+                    'experiments/NAME.py[:arg]')
+  directory = os.path.dirname(os.path.abspath(path))
+  package = 'bertjax_experiments_' + hashlib.sha256(directory.encode()).hexdigest()[:12]
+  if package not in sys.modules:
+    package_spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
+    package_spec.submodule_search_locations = [directory]
+    sys.modules[package] = importlib.util.module_from_spec(package_spec)
+  name = f'{package}.{os.path.basename(path)[:-3]}'
+  module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, function):
@@ -246,37 +223,105 @@ def load_experiment(spec: str, function: str = 'get_config', flag: str = '--conf
   return getattr(module, function), arg or None
 
 
+def _missing_file_message(path: str, flag: str) -> str:
+  message = (f'config file {path!r} not found (looked for {os.path.abspath(path)}; the '
+             f'current directory is {os.getcwd()})')
+  # A path relative to a bertjax checkout, run from elsewhere: name the file meant.
+  bundled = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         'experiments', os.path.basename(path))
+  if not os.path.isabs(path) and os.path.isfile(bundled):
+    return f'{message}; did you mean {flag} {bundled}?'
+  return f'{message}; pass {flag} PATH/TO/NAME.py[:arg]'
+
+
 def load_config(spec: str) -> ConfigDict:
   """Imports `path.py[:arg]` and returns its locked `get_config(arg)`."""
   get_config, arg = load_experiment(spec)
-  config = get_config(arg)
+  path = spec.partition(':')[0]
+  config = _call_with_arg(get_config, arg, path)
   if not isinstance(config, ConfigDict):
-    raise UserError(f'{spec.partition(":")[0]}: get_config must return an '
-                    'ml_collections.ConfigDict')
+    raise UserError(f'{path}: get_config must return an ml_collections.ConfigDict')
   config.lock()
   return config
 
 
+def _call_with_arg(get_config, arg: str | None, path: str):
+  """get_config(arg), or get_config() without one (so its own default applies)."""
+  params = list(inspect.signature(get_config).parameters.values())
+  if arg is None:
+    if params and params[0].default is inspect.Parameter.empty:
+      raise UserError(f'{path} needs an argument: pass --config {path}:ARG (its '
+                      f'get_config({params[0].name}) has no default; its docstring '
+                      'lists the choices)')
+    return get_config()
+  if not params:
+    raise UserError(f'{path} takes no argument; pass --config {path} without ":{arg}"')
+  return get_config(arg)
+
+
+# Presets set these; `model.preset` names them (or is 'custom').
+PRESET_KEYS = ('num_layers', 'hidden_size', 'num_heads', 'intermediate_size')
+
+
 def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
-  """Applies 'a.b=v' strings; unknown keys and wrong types raise UserError."""
-  for override in overrides:
-    key, eq, raw = override.partition('=')
-    if not eq:
-      raise UserError(f'override {override!r} has no value; write --config.{key}=VALUE')
-    *parents, leaf = key.split('.')
-    node = config
-    for depth, name in enumerate(parents + [leaf]):
-      if not isinstance(node, ConfigDict) or name not in node:
-        where = '.'.join(parents[:depth]) or 'the config'
-        options = list(node.keys()) if isinstance(node, ConfigDict) else []
-        raise UserError(f'unknown config key {key!r}: {where} has no {name!r}'
-                        f'{_did_you_mean(name, options)}')
-      if depth < len(parents):
-        node = node[name]
-    old = node[leaf]
-    with node.unlocked():
-      node[leaf] = _coerce(key, raw, old)
+  """Applies 'a.b=v' strings; unknown keys and wrong types raise UserError.
+
+  `model.preset=NAME` sets the architecture too (sizes also given explicitly win).
+  """
+  keys = [_override(config, override) for override in overrides]
+  for group in dict.fromkeys(k.rpartition('.')[0] for k in keys):
+    given = [k.rpartition('.')[2] for k in keys if k.rpartition('.')[0] == group]
+    if group.rpartition('.')[2] == 'model' and set(given) & {'preset', *PRESET_KEYS}:
+      _apply_preset(config, group, given)
   return config
+
+
+def _override(config: ConfigDict, override: str) -> str:
+  key, eq, raw = override.partition('=')
+  if not eq:
+    raise UserError(f'override {override!r} has no value; write --config.{key}=VALUE')
+  *parents, leaf = key.split('.')
+  node = config
+  for depth, name in enumerate(parents + [leaf]):
+    if not isinstance(node, ConfigDict) or name not in node:
+      where = '.'.join(parents[:depth]) or 'the config'
+      options = list(node.keys()) if isinstance(node, ConfigDict) else []
+      raise UserError(f'unknown config key {key!r}: {where} has no {name!r}'
+                      f'{_did_you_mean(name, options)}')
+    if depth < len(parents):
+      node = node[name]
+  with node.unlocked():
+    node[leaf] = _coerce(key, raw, node[leaf])
+  return key
+
+
+def _apply_preset(config: ConfigDict, group: str, given: list[str]) -> None:
+  """Makes `GROUP.preset` true to the architecture after command-line overrides."""
+  model = _get(config, group)
+  parent = _get(config, group.rpartition('.')[0])
+  init = parent.get('init') if isinstance(parent, ConfigDict) else None
+  if init:
+    key = next(k for k in given if k == 'preset' or k in PRESET_KEYS)
+    raise UserError(f'--config.{group}.{key} has no effect: the architecture comes from '
+                    f'init={init!r}; drop it (or train from scratch without init)')
+  if 'preset' in given:
+    if model.preset not in MODEL_PRESETS:
+      raise UserError(f'{group}.preset={model.preset!r} is not a preset; choose one of '
+                      f'{", ".join(MODEL_PRESETS)} (e.g. --config.{group}.preset=base)')
+    sizes = model_preset(model.preset)
+    for key in PRESET_KEYS:
+      if key not in given:
+        model[key] = sizes[key]
+  if model.preset not in MODEL_PRESETS or any(
+      model[k] != model_preset(model.preset)[k] for k in PRESET_KEYS):
+    model.preset = 'custom'  # explicit sizes away from every preset's
+
+
+def _get(config: ConfigDict, key: str):
+  node = config
+  for name in filter(None, key.split('.')):
+    node = node[name]
+  return node
 
 
 def to_json(config: ConfigDict) -> str:
@@ -301,11 +346,30 @@ def _coerce(key: str, raw: str, old: Any) -> Any:
     value = _literal(raw)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         isinstance(old, int) and not isinstance(value, int)):
-      raise UserError(f'config key {key!r} is {type(old).__name__}; got {raw!r}')
+      raise UserError(f'config key {key!r} is {type(old).__name__}; got {raw!r}, write '
+                      f'e.g. --config.{key}={old!r}')
     return type(old)(value)
   if isinstance(old, str):
     return raw
-  return _literal(raw)  # None, tuples, lists: any Python literal.
+  if isinstance(old, (tuple, list)):
+    return _sequence(key, raw, old)
+  return _literal(raw)  # None: any Python literal.
+
+
+def _sequence(key: str, raw: str, old: tuple | list) -> tuple | list:
+  """'a' or 'a,b' (or a Python tuple/list literal); items of a string tuple stay strings
+  (a column named '0' is not the number 0)."""
+  strings = bool(old) and all(isinstance(x, str) for x in old)
+  if raw.strip().startswith(('(', '[')):
+    value = _literal(raw)
+  else:
+    items = [item.strip() for item in raw.split(',') if item.strip()]
+    value = items if strings else [_literal(item) for item in items]
+  if not isinstance(value, (tuple, list)) or (
+      strings and not all(isinstance(x, str) for x in value)):
+    raise UserError(f'config key {key!r} is a tuple{" of strings" if strings else ""}; got '
+                    f'{raw!r}, write --config.{key}=a or --config.{key}=a,b')
+  return type(old)(value)
 
 
 def _literal(raw: str) -> Any:

@@ -5,8 +5,8 @@ bertjax train --config experiments/bert_base.py:phase=2,init=gs://bucket/base-p1
 bertjax train --config experiments/bert_base.py:masking=span --workdir ...   # or whole_word, ngram
 bertjax train --config experiments/bert_base.py:local --workdir /tmp/base   # seconds, CPU
 """
-from bertjax import config_lib
+from .common import bert_recipe
 
 
 def get_config(arg=None):
-  return config_lib.bert_recipe('base', arg)
+  return bert_recipe('base', arg)

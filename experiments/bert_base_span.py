@@ -3,8 +3,8 @@
 bertjax train --config experiments/bert_base_span.py --workdir gs://bucket/span --config.data.corpus='/data/wiki/*.txt'
 bertjax train --config experiments/bert_base_span.py:local --workdir /tmp/span
 """
-from bertjax import config_lib
+from .common import bert_recipe
 
 
 def get_config(arg=None):
-  return config_lib.bert_recipe('base', f'masking=span,{arg or ""}')
+  return bert_recipe('base', f'masking=span,{arg or ""}')

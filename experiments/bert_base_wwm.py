@@ -3,8 +3,8 @@
 bertjax train --config experiments/bert_base_wwm.py --workdir gs://bucket/wwm --config.data.corpus='/data/wiki/*.txt'
 bertjax train --config experiments/bert_base_wwm.py:local --workdir /tmp/wwm
 """
-from bertjax import config_lib
+from .common import bert_recipe
 
 
 def get_config(arg=None):
-  return config_lib.bert_recipe('base', f'masking=whole_word,{arg or ""}')
+  return bert_recipe('base', f'masking=whole_word,{arg or ""}')

@@ -4,8 +4,8 @@ bertjax train --config experiments/bert_large.py --workdir gs://bucket/large-p1 
 bertjax train --config experiments/bert_large.py:phase=2,init=gs://bucket/large-p1 --workdir gs://bucket/large-p2 --config.data.corpus='/data/wiki/*.txt'
 bertjax train --config experiments/bert_large.py:local --workdir /tmp/large   # seconds, CPU
 """
-from bertjax import config_lib
+from .common import bert_recipe
 
 
 def get_config(arg=None):
-  return config_lib.bert_recipe('large', arg)
+  return bert_recipe('large', arg)

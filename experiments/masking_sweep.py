@@ -15,6 +15,8 @@ import os
 from bertjax import config_lib
 from bertjax.data import masking
 
+from .common import bert_recipe
+
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, local=False, model='base', steps=100_000)
@@ -23,7 +25,7 @@ def get_config(arg=None):
   c.notes = ()
   c.variants = masking.KINDS
   # BERT's phase-1 recipe at a sweep-sized budget; warm-up 10% of the steps.
-  c.pretrain = config_lib.bert_recipe(a.model, None)
+  c.pretrain = bert_recipe(a.model, None)
   c.pretrain.train.steps = a.steps
   c.pretrain.optim.warmup_steps = a.steps // 10
   c.pretrain.train.checkpoint_every = max(1, a.steps // 10)

@@ -1,16 +1,34 @@
-"""Every experiment file loads, and its :local variant trains for a few steps."""
+"""Every experiment file loads, its documented variants validate, and its :local
+variant trains for a few steps."""
 import glob
 import json
 import os
+import re
 
 import pytest
 
-from bertjax import compare, config_lib, finetune, train
+from bertjax import compare, config_checks, config_lib, finetune, train
 from bertjax.errors import UserError
 
 from conftest import ROOT
 
-EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, 'experiments', '*.py')))
+# common.py holds the recipes the experiment files share; it is not one itself.
+EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(ROOT, 'experiments', '*.py'))
+                     if os.path.basename(p) != 'common.py')
+
+
+def documented_variants():
+  """Every `--config experiments/FILE.py[:arg]` in the experiment files' docstrings,
+  and every config of the `--suite FILE.py:NAME` suites they name."""
+  for path in EXPERIMENTS:
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+    for spec in re.findall(r'--config (experiments/\S+\.py(?::\S+)?)', text):
+      yield os.path.join(ROOT, spec)
+    for spec in re.findall(r'--suite (experiments/\S+\.py:\S+)', text):
+      get_suite, name = config_lib.load_experiment(os.path.join(ROOT, spec), 'get_suite')
+      for entry in get_suite(name):
+        yield os.path.join(ROOT, f'{spec.partition(":")[0]}:{entry["config"]}')
 
 
 def kind(config):
@@ -26,6 +44,29 @@ def test_full_config_loads(path):
     config = config.pretrain
   assert config.model.num_layers > 0
   assert config.train.steps > 0 or config.train.epochs > 0
+
+
+@pytest.mark.parametrize('spec', sorted(set(documented_variants())),
+                         ids=lambda s: os.path.relpath(s, ROOT))
+def test_documented_variant_validates(spec, tmp_path):
+  # Weights named in the docs (runs/base, gs://...) stand for any directory.
+  spec = re.sub(r'init=[^,]+', f'init={tmp_path}', spec)
+  config = config_lib.load_config(spec)
+  if 'cudnn' in spec and not config_checks._nvidia_gpu():
+    with pytest.raises(UserError, match='needs an NVIDIA GPU'):
+      config_checks.validate(config)
+    return
+  config_checks.validate(config)
+
+
+def test_recipe_import_works_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  for name in ('bert_base.py', 'bert_large.py', 'bert_base_wwm.py', 'bert_base_span.py'):
+    config = config_lib.load_config(os.path.join(ROOT, 'experiments', name)
+                                    + f':phase=2,init={tmp_path}')
+    assert (config.init, config.data.seq_len) == (str(tmp_path), 512)
+  span = config_lib.load_config(os.path.join(ROOT, 'experiments', 'bert_base_span.py'))
+  assert span.data.masking.kind == 'span'
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from bertjax import config_lib
+from bertjax import config_checks, config_lib
 from bertjax.bench import peers, step
 from bertjax.errors import UserError
 
@@ -62,6 +62,7 @@ def run_entry(path: str, entry: dict, overrides: list[str], *, steps_to_time: in
               rounds: int) -> dict:
   config = config_lib.load_config(f'{path}:{entry["config"]}')
   config_lib.apply_overrides(config, overrides)
+  config_checks.validate(config)
   compiled = step.compile_step(config)
   result = step.measure(config, steps_to_time=steps_to_time, step=compiled)
   targets = []
