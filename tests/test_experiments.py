@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from bertjax import compare, config_checks, config_lib, finetune, train
+from bertjax import config_checks, config_lib, finetune, train
+from bertjax.compare import sweep
 from bertjax.errors import UserError
 
 from conftest import ROOT
@@ -81,7 +82,7 @@ def pretrained(tmp_path_factory):
 def test_local_variant_trains(path, tmp_path, pretrained):
   config = config_lib.load_config(path + ':local')
   if kind(config) == 'sweep':  # tests/test_compare.py runs a shrunken sweep
-    compare.validate(config)
+    sweep.validate(config)
     return
   config_lib.apply_overrides(config, ['train.steps=2', 'train.log_every=1'])
   if kind(config) == 'pretrain':
