@@ -55,8 +55,9 @@ class PretrainedModel:
     out = BertOutput(hidden, pooled)
     if self.kind == 'pretraining':
       every_position = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-      out.prediction_logits, out.seq_relationship_logits = module.head(
-          hidden, pooled, every_position)
+      logits, out.seq_relationship_logits = module.head(hidden, pooled, every_position)
+      # The real vocabulary's columns, as `transformers` returns them.
+      out.prediction_logits = logits[..., :self.config.vocab_size]
     elif self.kind in ('sequence_classification', 'token_classification'):
       out.logits = module.head(hidden, pooled)
     elif self.kind == 'question_answering':

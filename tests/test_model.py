@@ -29,7 +29,8 @@ def test_presets_have_the_published_sizes():
     assert (p.num_layers, p.hidden_size, p.num_heads, p.intermediate_size) == (
         depth, hidden, heads, 4 * hidden)
   base = BertForPreTraining(BertConfig.from_dict(
-      {**config_lib.model_preset('base').to_dict(), 'vocab_size': 30522}), rngs=nnx.Rngs(0))
+      {**config_lib.model_preset('base').to_dict(), 'vocab_size': 30522, 'vocab_multiple': 1}),
+      rngs=nnx.Rngs(0))
   n = sum(x.size for x in jax.tree.leaves(nnx.state(nnx.eval_shape(lambda: base))))
   assert abs(n - 110.1e6) < 0.1e6  # BERT-base with its heads: ~110M parameters
 
@@ -46,7 +47,7 @@ def test_output_shapes_and_determinism_without_rngs(model):
   ids = jnp.arange(2 * 16).reshape(2, 16) % CFG.vocab_size
   positions = jnp.array([[1, 3, 5], [2, 4, 0]])
   mlm, nsp = model(ids, jnp.zeros_like(ids), jnp.ones_like(ids), positions)
-  assert mlm.shape == (2, 3, CFG.vocab_size) and nsp.shape == (2, 2)
+  assert mlm.shape == (2, 3, CFG.padded_vocab_size) and nsp.shape == (2, 2)
   mlm2, _ = model(ids, jnp.zeros_like(ids), jnp.ones_like(ids), positions)
   np.testing.assert_array_equal(mlm, mlm2)
   mlm3, _ = model(ids, jnp.zeros_like(ids), jnp.ones_like(ids), positions,

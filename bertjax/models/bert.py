@@ -34,6 +34,10 @@ class BertConfig:
   # Run the layers as one lax.scan body (compile time independent of depth); the
   # parameters stay one subtree per layer either way.
   scan_layers: bool = False
+  # The embedding table and MLM decoder have `padded_vocab_size` rows, the vocabulary
+  # rounded up to this multiple: the V-wide matmuls tile evenly and 'vocab' shards on
+  # any mesh. The padded logits are masked out (heads.MaskedLMHead); 1 turns it off.
+  vocab_multiple: int = 128
 
   def __post_init__(self):
     if self.attention not in attention.IMPLEMENTATIONS:
@@ -42,6 +46,10 @@ class BertConfig:
     if self.hidden_size % self.num_heads:
       raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of '
                        f'num_heads {self.num_heads}')
+
+  @property
+  def padded_vocab_size(self) -> int:
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
   @property
   def head_dim(self) -> int:
@@ -61,7 +69,7 @@ class Embeddings(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     dt = cfg.compute_dtype
-    self.word_embeddings = layers.Embed(cfg.vocab_size, cfg.hidden_size,
+    self.word_embeddings = layers.Embed(cfg.padded_vocab_size, cfg.hidden_size,
                                         axes=('vocab', 'embed'), dtype=dt, rngs=rngs)
     self.position_embeddings = layers.Embed(cfg.max_position_embeddings, cfg.hidden_size,
                                             axes=(None, 'embed'), dtype=dt, rngs=rngs)
