@@ -113,9 +113,9 @@ def test_dropout_mask_rate_determinism_and_odd_shapes():
   assert mask.dtype == jnp.bool_ and abs(float(mask.mean()) - 0.9) < 1e-3
   np.testing.assert_array_equal(mask, layers.keep_mask(key, 0.1, (16, 8, 128, 128)))
   assert float((mask != layers.keep_mask(jax.random.key(4), 0.1, mask.shape)).mean()) > 0.1
-  # Rows and the four 16-bit draws of a block are not copies of each other.
+  # Rows and the two 16-bit draws of a hash are not copies of each other.
   assert float((mask[0] != mask[1]).mean()) > 0.1
-  assert float((mask[..., :32] != mask[..., 32:64]).mean()) > 0.1
+  assert float((mask[..., :64] != mask[..., 64:]).mean()) > 0.1
   odd = layers.keep_mask(key, 0.5, (3, 7))
   assert odd.shape == (3, 7) and 0 < float(odd.mean()) < 1
   x = jnp.ones((64, 512))
