@@ -13,8 +13,27 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
+from bertjax.errors import UserError
 from bertjax.models import attention, layers
+
+# A layer's matmul outputs, tagged with these names where they are computed
+# (SelfAttention, EncoderLayer); the 'dots' policy saves exactly these.
+MATMUL_NAMES = ('query', 'key', 'value', 'attention_output', 'intermediate', 'ffn_output')
+
+# `model.remat`: what each encoder layer keeps for the backward pass; the rest is
+# recomputed there. 'none' keeps everything (no rematerialisation).
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    # The six projections: recomputes attention scores, softmax, GELU, LayerNorms
+    # and dropout, the activations that grow with L² or are cheap to redo.
+    'dots': jax.checkpoint_policies.save_only_these_names(*MATMUL_NAMES),
+    # JAX's policy: every matmul without batch dimensions (here the same six,
+    # whether named or not; the attention einsums have batch dimensions).
+    'dots_with_no_batch_dims': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +57,13 @@ class BertConfig:
   # rounded up to this multiple: the V-wide matmuls tile evenly and 'vocab' shards on
   # any mesh. The padded logits are masked out (heads.MaskedLMHead); 1 turns it off.
   vocab_multiple: int = 128
+  # Activation checkpointing per encoder layer: one of REMAT_POLICIES.
+  remat: str = 'none'
 
   def __post_init__(self):
+    if self.remat not in REMAT_POLICIES:
+      raise UserError(f'model.remat={self.remat!r} is unknown; choose one of '
+                      f'{", ".join(REMAT_POLICIES)}')
     if self.attention not in attention.IMPLEMENTATIONS:
       raise ValueError(f'unknown attention implementation {self.attention!r}; choose one '
                        f'of {attention.IMPLEMENTATIONS}')
@@ -101,13 +125,13 @@ class SelfAttention(nnx.Module):
 
   def __call__(self, x_BLD, attention_mask_BL, rngs):
     axes = ('batch', 'length', 'heads', 'kv')
-    q_BLHK = layers.constrain(self.query(x_BLD), axes)
-    k_BLHK = layers.constrain(self.key(x_BLD), axes)
-    v_BLHK = layers.constrain(self.value(x_BLD), axes)
+    q_BLHK = layers.constrain(checkpoint_name(self.query(x_BLD), 'query'), axes)
+    k_BLHK = layers.constrain(checkpoint_name(self.key(x_BLD), 'key'), axes)
+    v_BLHK = layers.constrain(checkpoint_name(self.value(x_BLD), 'value'), axes)
     out_BLHK = attention.attend(self.implementation, q_BLHK, k_BLHK, v_BLHK,
                                 attention_mask_BL, dropout_rate=self.attention_dropout_rate,
                                 rngs=rngs)
-    return self.output(layers.constrain(out_BLHK, axes))
+    return checkpoint_name(self.output(layers.constrain(out_BLHK, axes)), 'attention_output')
 
 
 class EncoderLayer(nnx.Module):
@@ -130,15 +154,28 @@ class EncoderLayer(nnx.Module):
     attn_BLD = layers.dropout(self.attention(x_BLD, attention_mask_BL, rngs),
                               self.dropout_rate, rngs)
     x_BLD = self.attention_layer_norm(x_BLD + attn_BLD)
-    h_BLF = layers.gelu(self.intermediate(x_BLD))
+    h_BLF = layers.gelu(checkpoint_name(self.intermediate(x_BLD), 'intermediate'))
     h_BLF = layers.constrain(h_BLF, ('batch', 'length', 'mlp'))
-    ffn_BLD = layers.dropout(self.output(h_BLF), self.dropout_rate, rngs)
+    ffn_BLD = layers.dropout(checkpoint_name(self.output(h_BLF), 'ffn_output'),
+                             self.dropout_rate, rngs)
     x_BLD = self.output_layer_norm(x_BLD + ffn_BLD)
     return layers.constrain(x_BLD, ('batch', 'length', 'embed'))
 
 
 def _dropout_rngs(key):
   return None if key is None else nnx.Rngs(dropout=key)
+
+
+def _layer_fn(graphdef, attention_mask_BL, remat: str):
+  """(weights, x_BLD, dropout key) -> x_BLD for one layer, rematerialised per `remat`.
+
+  A pure function of the layer's weights, so the unrolled and the scanned encoder
+  checkpoint alike; the dropout masks are recomputed from the same key.
+  """
+  def run(weights, x_BLD, key):
+    return nnx.merge(graphdef, weights)(x_BLD, attention_mask_BL, _dropout_rngs(key))
+  policy = REMAT_POLICIES[remat]
+  return run if policy is None else jax.checkpoint(run, policy=policy)
 
 
 class BertModel(nnx.Module):
@@ -173,8 +210,9 @@ class BertModel(nnx.Module):
       x_BLD = self._scan(x_BLD, attention_mask_BL, keys)
     else:
       for i, layer in enumerate(self.layers):
-        key = None if keys is None else keys[i]
-        x_BLD = layer(x_BLD, attention_mask_BL, _dropout_rngs(key))
+        graphdef, weights = nnx.split(layer)
+        run = _layer_fn(graphdef, attention_mask_BL, self.config.remat)
+        x_BLD = run(weights, x_BLD, None if keys is None else keys[i])
     pooled_BD = jnp.tanh(self.pooler(x_BLD[:, 0])) if self.pooler is not None else None
     return x_BLD, pooled_BD
 
@@ -186,12 +224,11 @@ class BertModel(nnx.Module):
     of the stack hands each layer its slice. Costs one copy of the encoder weights
     per step.
     """
-    graphdef = nnx.graphdef(self.layers[0])
+    run = _layer_fn(nnx.graphdef(self.layers[0]), attention_mask_BL, self.config.remat)
     stacked = jax.tree.map(lambda *ws: jnp.stack(ws), *(nnx.state(l) for l in self.layers))
 
     def body(x_BLD, weights_and_key):
       weights, key = weights_and_key
-      layer = nnx.merge(graphdef, weights)
-      return layer(x_BLD, attention_mask_BL, _dropout_rngs(key)), None
+      return run(weights, x_BLD, key), None
 
     return jax.lax.scan(body, x_BLD, (stacked, keys))[0]
