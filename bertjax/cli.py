@@ -214,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument('--workdir', help='with --finetune: holds bertjax/ and side_by_side.json')
   bench.set_defaults(run=_bench)
 
+  att = commands.add_parser(
+      'attention', help='draw attention heat maps (one per head) of a model on a text')
+  att.add_argument('--workdir', required=True, help='bertjax workdir or Hugging Face directory')
+  att.add_argument('--text', required=True)
+  att.add_argument('--text_pair', default=None, help='a second segment, as for NSP')
+  att.add_argument('--layer', type=int, default=-1, help='layer to draw (default: the last)')
+  att.add_argument('--out', required=True, help='PNG file to write')
+  from bertjax import attention_maps
+  att.set_defaults(run=attention_maps.command)
+
   from bertjax.data_cli import add_data_commands
   add_data_commands(commands)
   return parser

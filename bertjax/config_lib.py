@@ -57,6 +57,7 @@ def model_preset(name: str) -> ConfigDict:
       attention='xla',
       # Run the layers as one lax.scan body: compile time independent of depth.
       scan_layers=False,
+      remat='none',  # activation checkpointing per layer: none|full|dots|dots_with_no_batch_dims
   ))
 
 

@@ -3,11 +3,18 @@
 A `transformers` Linear stores weight (out, in); bertjax's Dense stores kernel
 (*in, *out) (e.g. query (D, H, K)), so a kernel maps as reshape(in, out).T. Each
 head kind lists the checkpoint prefixes of `transformers`' matching class.
+
+bertjax's word embeddings and MLM bias have `BertConfig.padded_vocab_size` rows;
+`transformers` has `vocab_size`. Exports strip the padding rows (`to_hf` with
+`vocab_size`), imports keep the target's own padding rows, and `pad_vocab_rows`
+brings trees saved before the padding (checkpoints, optimizer moments) to shape.
 """
 from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 # bertjax head kind -> transformers class name.
@@ -18,6 +25,11 @@ HF_CLASSES = {
     'question_answering': 'BertForQuestionAnswering',
     'encoder': 'BertModel',
 }
+
+
+# Our paths whose first axis is the (padded) vocabulary.
+_WORD_EMBEDDINGS = ('bert', 'embeddings', 'word_embeddings', 'embedding')
+_MLM_BIAS = ('mlm', 'bias')
 
 
 def _dense(hf: str, ours: tuple, n_in: int = 1):
@@ -32,8 +44,7 @@ def _layer_norm(hf: str, ours: tuple):
 
 def _encoder_names(num_layers: int, prefix: str, with_pooler: bool):
   names = [
-      (f'{prefix}embeddings.word_embeddings.weight',
-       ('bert', 'embeddings', 'word_embeddings', 'embedding'), ('flat',)),
+      (f'{prefix}embeddings.word_embeddings.weight', _WORD_EMBEDDINGS, ('vocab',)),
       (f'{prefix}embeddings.position_embeddings.weight',
        ('bert', 'embeddings', 'position_embeddings', 'embedding'), ('flat',)),
       (f'{prefix}embeddings.token_type_embeddings.weight',
@@ -66,7 +77,7 @@ def name_map(kind: str, num_layers: int):
   if kind == 'pretraining':
     names += [*_dense('cls.predictions.transform.dense', ('mlm', 'transform')),
               *_layer_norm('cls.predictions.transform.LayerNorm', ('mlm', 'layer_norm')),
-              ('cls.predictions.bias', ('mlm', 'bias'), ('flat',)),
+              ('cls.predictions.bias', _MLM_BIAS, ('vocab',)),
               *_dense('cls.seq_relationship', ('nsp',))]
   elif kind in ('sequence_classification', 'token_classification'):
     names += _dense('classifier', ('classifier',))
@@ -81,12 +92,16 @@ def _get(tree, path):
   return tree
 
 
-def to_hf(params, kind: str, num_layers: int) -> dict[str, np.ndarray]:
-  """bertjax params (pure dict) -> {transformers name: float32 array}."""
+def to_hf(params, kind: str, num_layers: int,
+          vocab_size: int | None = None) -> dict[str, np.ndarray]:
+  """bertjax params (pure dict) -> {transformers name: float32 array}; `vocab_size`
+  (the real one, `BertConfig.vocab_size`) strips the padding rows of the vocabulary."""
   out = {}
   for hf_name, path, layout in name_map(kind, num_layers):
     value = np.asarray(_get(params, path), np.float32)
-    if layout[0] == 'dense':
+    if layout[0] == 'vocab':
+      value = value[:vocab_size]
+    elif layout[0] == 'dense':
       n_in = layout[1]
       value = value.reshape(math.prod(value.shape[:n_in]), -1).T
     else:
@@ -104,8 +119,10 @@ def _load(tensors, names, initial_params):
       missing.append(path)
       continue
     value = np.asarray(tensors[hf_name], np.float32)
-    value = (value.T if layout[0] == 'dense' else value).reshape(
-        _get(initial_params, path).shape)
+    initial = _get(initial_params, path)
+    if layout[0] == 'vocab':  # the real rows; the target's padding rows stay as they are
+      value = np.concatenate([value, np.asarray(initial[value.shape[0]:], np.float32)])
+    value = (value.T if layout[0] == 'dense' else value).reshape(initial.shape)
     params = _replace(params, path, value)
   return params, missing
 
@@ -134,3 +151,24 @@ def into_pretraining(tensors, initial_params, kind: str, num_layers: int):
     missing = [p for _, p, _ in name_map('pretraining', num_layers) if p[0] != 'bert']
     return params, missing
   return _load(tensors, name_map('pretraining', num_layers), initial_params)
+
+
+def pad_vocab_rows(tree, cfg):
+  """`tree` (params, or a train state whose optimizer moments mirror them) with every
+  word-embedding table and MLM bias of `cfg.vocab_size` rows zero-padded to
+  `cfg.padded_vocab_size`: what a checkpoint saved before the padding needs. Leaves
+  already padded are returned as they are.
+  """
+  def key_name(entry):
+    return getattr(entry, 'key', getattr(entry, 'name', getattr(entry, 'idx', None)))
+
+  def pad(path, leaf):
+    names = tuple(key_name(e) for e in path)
+    # Under 'bert' or at the root (a bare encoder's params).
+    is_vocab = names[-3:] == _WORD_EMBEDDINGS[1:] or names[-2:] == _MLM_BIAS
+    if not is_vocab or leaf.shape[0] != cfg.vocab_size or (
+        cfg.vocab_size == cfg.padded_vocab_size):
+      return leaf
+    widths = [(0, cfg.padded_vocab_size - cfg.vocab_size)] + [(0, 0)] * (leaf.ndim - 1)
+    return np.pad(leaf, widths) if isinstance(leaf, np.ndarray) else jnp.pad(leaf, widths)
+  return jax.tree_util.tree_map_with_path(pad, tree)

@@ -34,6 +34,8 @@ class BertOutput:
   logits: jax.Array | None = None
   start_logits: jax.Array | None = None
   end_logits: jax.Array | None = None
+  # With output_attentions=True: one (batch, heads, length, length) array per layer.
+  attentions: tuple[jax.Array, ...] | None = None
 
 
 class PretrainedModel:
@@ -42,28 +44,33 @@ class PretrainedModel:
   def __init__(self, module: nnx.Module, kind: str, config: BertConfig, num_labels: int = 2):
     self.module, self.kind, self.config, self.num_labels = module, kind, config, num_labels
     self._graphdef, self._state = nnx.split(module)
-    self._forward = jax.jit(self._apply)
+    self._forward = jax.jit(self._apply, static_argnames='output_attentions')
 
   @property
   def params(self):
     return nnx.to_pure_dict(self._state)
 
-  def _apply(self, state, input_ids, token_type_ids, attention_mask):
+  def _apply(self, state, input_ids, token_type_ids, attention_mask, output_attentions):
     module = nnx.merge(self._graphdef, state)
     bert = module if self.kind == 'encoder' else module.bert
-    hidden, pooled = bert(input_ids, token_type_ids, attention_mask)
-    out = BertOutput(hidden, pooled)
+    hidden, pooled, *attentions = bert(input_ids, token_type_ids, attention_mask,
+                                       output_attentions=output_attentions)
+    out = BertOutput(hidden, pooled, attentions=attentions[0] if attentions else None)
     if self.kind == 'pretraining':
       every_position = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-      out.prediction_logits, out.seq_relationship_logits = module.head(
-          hidden, pooled, every_position)
+      logits, out.seq_relationship_logits = module.head(hidden, pooled, every_position)
+      # The real vocabulary's columns, as `transformers` returns them.
+      out.prediction_logits = logits[..., :self.config.vocab_size]
     elif self.kind in ('sequence_classification', 'token_classification'):
       out.logits = module.head(hidden, pooled)
     elif self.kind == 'question_answering':
       out.start_logits, out.end_logits = module.head(hidden, pooled)
     return out
 
-  def __call__(self, input_ids, token_type_ids=None, attention_mask=None) -> BertOutput:
+  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+               output_attentions: bool = False) -> BertOutput:
+    """`output_attentions=True` fills `out.attentions` (the xla attention computes
+    them, whatever `model.attention` says)."""
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if input_ids.ndim == 1:
       raise UserError('input_ids must be a batch (B, L); wrap a single sequence in a list')
@@ -74,7 +81,8 @@ class PretrainedModel:
     token_type_ids = zeros if token_type_ids is None else jnp.asarray(token_type_ids, jnp.int32)
     attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
                       else jnp.asarray(attention_mask, jnp.int32))
-    return self._forward(self._state, input_ids, token_type_ids, attention_mask)
+    return self._forward(self._state, input_ids, token_type_ids, attention_mask,
+                         output_attentions=output_attentions)
 
 
 class PretrainedTokenizer:

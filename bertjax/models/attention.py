@@ -14,6 +14,7 @@ differs (their outputs are never used), `xla` matching `transformers` there too.
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,8 @@ def attention_bias(attention_mask_BL, dtype):
 
 
 def xla_attention(q_BLHK, k_BLHK, v_BLHK, attention_mask_BL, dropout_rate=0.0, rngs=None):
+  """(output_BLHK, probs_BHLL): the probabilities as they weigh the values (after
+  dropout, as `transformers` returns them); XLA drops them when unused."""
   scale = q_BLHK.shape[-1] ** -0.5
   # Heads ahead of length: over (B, L, H, K) operands XLA CPU fused the attention into
   # a kernel 2-3x slower (docs/PERFORMANCE.md, "CPU inference", has the command).
@@ -47,7 +50,7 @@ def xla_attention(q_BLHK, k_BLHK, v_BLHK, attention_mask_BL, dropout_rate=0.0, r
   logits_BHLL = logits_BHLL.astype(jnp.float32) + bias_B1LL
   probs_BHLL = jax.nn.softmax(logits_BHLL, axis=-1).astype(q_BLHK.dtype)
   probs_BHLL = layers.dropout(probs_BHLL, dropout_rate, rngs)
-  return jnp.swapaxes(jnp.einsum('bhqs,bhsk->bhqk', probs_BHLL, v_BHLK), 1, 2)
+  return jnp.swapaxes(jnp.einsum('bhqs,bhsk->bhqk', probs_BHLL, v_BHLK), 1, 2), probs_BHLL
 
 
 def cudnn_attention(q_BLHK, k_BLHK, v_BLHK, attention_mask_BL):
@@ -90,18 +93,33 @@ def _splash_local(q_BLHK, k_BLHK, v_BLHK, attention_mask_BL, *, interpret: bool)
   return jnp.swapaxes(out_BHLK, 1, 2)
 
 
+_warned_fused_probs = set()
+
+
 def attend(implementation: str, q_BLHK, k_BLHK, v_BLHK, attention_mask_BL, *,
-           dropout_rate: float, rngs):
-  """Dispatches to an implementation; the fused kernels have no attention dropout."""
+           dropout_rate: float, rngs, output_attentions: bool = False):
+  """Dispatches to an implementation; returns (output_BLHK, probs_BHLL or None).
+
+  The fused kernels have no attention dropout and never expose the probabilities:
+  asked for them, the call runs `xla` instead (and says so once).
+  """
+  if output_attentions and implementation != 'xla':
+    if implementation not in _warned_fused_probs:
+      _warned_fused_probs.add(implementation)
+      logging.warning('attention=%r does not expose attention probabilities; calls '
+                      'with output_attentions=True run the xla attention', implementation)
+    implementation = 'xla'
   if implementation == 'xla':
-    return xla_attention(q_BLHK, k_BLHK, v_BLHK, attention_mask_BL, dropout_rate, rngs)
+    out_BLHK, probs_BHLL = xla_attention(q_BLHK, k_BLHK, v_BLHK, attention_mask_BL,
+                                         dropout_rate, rngs)
+    return out_BLHK, probs_BHLL if output_attentions else None
   if dropout_rate and rngs is not None:
     raise ValueError(f'attention={implementation!r} has no attention-probability dropout; '
                      'set model.attention_dropout_rate=0 (hidden dropout still applies) '
                      'or use attention="xla"')
   if implementation == 'cudnn':
-    return cudnn_attention(q_BLHK, k_BLHK, v_BLHK, attention_mask_BL)
+    return cudnn_attention(q_BLHK, k_BLHK, v_BLHK, attention_mask_BL), None
   if implementation == 'splash':
-    return splash_attention(q_BLHK, k_BLHK, v_BLHK, attention_mask_BL)
+    return splash_attention(q_BLHK, k_BLHK, v_BLHK, attention_mask_BL), None
   raise ValueError(f'unknown attention implementation {implementation!r}; choose one of '
                    f'{IMPLEMENTATIONS}')

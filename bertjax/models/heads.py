@@ -16,6 +16,10 @@ from flax import nnx
 from bertjax.models import layers
 from bertjax.models.bert import BertConfig, BertModel
 
+# The logit of a padding row of the vocabulary: far below any real logit, so softmax,
+# argmax and losses ignore it, yet finite, so a temperature or a KL stays finite too.
+PADDED_LOGIT = -1e9
+
 
 class MaskedLMHead(nnx.Module):
   """dense + GELU + LayerNorm, then logits against the word embeddings + a bias."""
@@ -26,13 +30,21 @@ class MaskedLMHead(nnx.Module):
                                   dtype=dt, rngs=rngs)
     self.layer_norm = layers.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=dt,
                                        rngs=rngs)
-    self.bias = layers.param(rngs, nnx.initializers.zeros, (cfg.vocab_size,), ('vocab',))
+    self.bias = layers.param(rngs, nnx.initializers.zeros, (cfg.padded_vocab_size,),
+                             ('vocab',))
+    self.vocab_size = cfg.vocab_size
 
   def __call__(self, x_BPD, word_embeddings: layers.Embed):
+    """(B, P, padded V) float32 logits, PADDED_LOGIT in the padding columns."""
     h_BPD = layers.gelu(self.transform(x_BPD))
     h_BPD = self.layer_norm(h_BPD)
     logits_BPV = word_embeddings.attend(h_BPD) + self.bias[...].astype(h_BPD.dtype)
-    return logits_BPV.astype(jnp.float32)
+    logits_BPV = logits_BPV.astype(jnp.float32)
+    if logits_BPV.shape[-1] == self.vocab_size:
+      return logits_BPV
+    # A select, not an additive bias: the padding rows get exactly zero gradient.
+    real_V = jnp.arange(logits_BPV.shape[-1]) < self.vocab_size
+    return jnp.where(real_V, logits_BPV, PADDED_LOGIT)
 
 
 class BertForPreTraining(nnx.Module):

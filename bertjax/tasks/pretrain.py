@@ -7,6 +7,9 @@ label (NSP or SOP; -1 where the row has none).
 Everything is computed as sums first (`batch_sums`), so micro-batches of a
 gradient-accumulation step, data shards and eval batches add up exactly; ratios
 are taken once at the end (`metrics_from_sums`, `loss_from_sums`).
+
+The MLM logits span the padded vocabulary; the head sets the padding columns to
+`heads.PADDED_LOGIT`, so the softmax, the loss and the accuracy see only real tokens.
 """
 from __future__ import annotations
 
