@@ -63,7 +63,7 @@ def write_hf_dir(params, cfg: BertConfig, kind: str, tok, out: str, *, num_label
   """Writes a `transformers` directory of head `kind` into `out`, refusing a target
   whose files are not an earlier export (see export_dir)."""
   rooted = {'bert': params} if kind == 'encoder' else params
-  tensors = hf_weights.to_hf(rooted, kind, cfg.num_layers)
+  tensors = hf_weights.to_hf(rooted, kind, cfg.num_layers, vocab_size=cfg.vocab_size)
   files = hf.hf_files(tensors, cfg, kind, tok, label_names=label_names, num_labels=num_labels,
                    card=card)
   return export_dir.write(out, files, workdir=workdir, about=about)

@@ -106,7 +106,8 @@ def _open_workdir(path: str, step: int | None) -> Weights:
   step, params = checkpoint.restore_params(path, abstract_params(kind, cfg, labels), step,
                                            subdir=subdir)
   params = jax.tree.map(np.asarray, params)
-  return Weights(path, kind, cfg, hf_weights.to_hf(params, kind, cfg.num_layers), labels,
+  tensors = hf_weights.to_hf(params, kind, cfg.num_layers, vocab_size=cfg.vocab_size)
+  return Weights(path, kind, cfg, tensors, labels,
                  names, step)
 
 
@@ -143,7 +144,8 @@ def transplant(weights: Weights, fresh, kind: str, num_labels: int = 2):
   layers = weights.model_cfg.num_layers
   bare = kind == 'encoder'  # hf_weights names a bare encoder's weights under 'bert'
   rooted = {'bert': fresh} if bare else fresh
-  expected = hf_weights.to_hf(rooted, kind, layers)
+  # The target's padding rows (models pad the vocabulary) are not weights to fill.
+  expected = hf_weights.to_hf(rooted, kind, layers, vocab_size=weights.model_cfg.vocab_size)
   if bare:
     expected = {f'bert.{k}': v for k, v in expected.items()}
   if weights.kind == kind and kind in ('sequence_classification', 'token_classification') and (
