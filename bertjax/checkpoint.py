@@ -87,8 +87,11 @@ def save_params(workdir: str, step: int, params, *, subdir: str = 'checkpoints')
   with manager(workdir, keep=1, subdir=subdir) as mngr:
     if step in mngr.all_steps():  # re-saving after a resume: same step, same weights
       return
-    mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
-    mngr.wait_until_finished()
+    try:
+      mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+      mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds for I/O
+      raise _save_error(mngr, step, e) from e
 
 
 def _partial_saves(mngr: ocp.CheckpointManager) -> list[str]:

@@ -229,7 +229,8 @@ def finetune_and_evaluate(config, workdir: str, *, profile: bool = False) -> dic
   job = loop.Job(
       train_step=fns.train_step, next_batch=batch,
       summarise=lambda pending, seconds, n: train.summarise(pending, seconds, n, step_flops, peak),
-      show=lambda m: {metric: f'{m[metric]:.4f}'} if metric in m else {'loss': f'{m["loss"]:.3f}'},
+      show=lambda m: {'loss': f'{m["loss"]:.3f}'},
+      show_eval=lambda m: {metric: f'{m[metric]:.4f}'},
       total_steps=n_steps, log_every=config.train.log_every,
       checkpoint_every=config.train.checkpoint_every, eval_every=eval_every,
       evaluate=evaluate_state, after_eval=keep_best, evaluate_last_step=True)

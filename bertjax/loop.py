@@ -27,7 +27,7 @@ class Job:
   train_step: Callable[[Any, Any], tuple[Any, Any]]  # (state, batch) -> (state, metrics)
   next_batch: Callable[[int], Any]  # step -> the global batch (an iterator's next, or rows of step)
   summarise: Callable[[list, float, int], Metrics]  # (step metrics, seconds, steps) -> logged
-  show: Callable[[Metrics], dict[str, str]]  # logged or eval metrics -> progress-bar fields
+  show: Callable[[Metrics], dict[str, str]]  # logged training metrics -> progress-bar fields
   total_steps: int
   log_every: int
   checkpoint_every: int
@@ -36,6 +36,7 @@ class Job:
   evaluate: Callable[[Any], Metrics] | None = None  # state -> metrics, logged as eval_*
   after_eval: Callable[[int, Any, Metrics], None] | None = None  # e.g. keep the best weights
   evaluate_last_step: bool = False  # also evaluate at `total_steps` (fine-tuning's best)
+  show_eval: Callable[[Metrics], dict[str, str]] = lambda metrics: {}  # eval -> bar fields
 
 
 def restore_or_start(mngr, abstract_state, start_fresh: Callable[[Any], Any], workdir: str,
@@ -86,7 +87,7 @@ def run(job: Job, state, start: int, *, workdir: str, mngr, writer: reporting.Me
           or (job.evaluate_last_step and done == job.total_steps)):
         results = job.evaluate(state)
         writer.write(done, results, prefix='eval_')
-        postfix.update(job.show(results))
+        postfix.update(job.show_eval(results))
         bar.set_postfix(postfix)
         if job.after_eval:
           job.after_eval(done, state, results)

@@ -174,8 +174,6 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
 
 
 def _progress_fields(metrics: dict[str, float]) -> dict[str, str]:
-  if 'loss' not in metrics:  # held-out evaluation: the bar keeps the training figures
-    return {}
   return dict(loss=f'{metrics["loss"]:.3f}', mlm_acc=f'{metrics["mlm_accuracy"]:.3f}',
               tok_s=f'{metrics["tokens_per_sec"]:.0f}')
 
