@@ -7,12 +7,16 @@ function of the step, saves `state` alone, and its best weights under `WORKDIR/b
 A checkpoint written by `bertjax import` holds a third kind of item alone, `params`:
 weights to start from. orbax writes each step into a temporary directory and
 renames it when complete, so a crash mid-save leaves the previous checkpoint as the
-latest.
+latest. A checkpoint that cannot be read (damaged or missing files) is moved aside to
+`WORKDIR/checkpoints_unreadable/STEP` and the one before it is used; a save that
+fails (full disk, I/O error) is one line, and the checkpoints already written stay.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 
 import grain
 import jax
@@ -32,11 +36,49 @@ def manager(workdir: str, *, keep: int, subdir: str = 'checkpoints') -> ocp.Chec
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator=None) -> None:
   """Saves the state and, where the data order is not a function of the step alone
-  (pre-training's grain iterator), the iterator's position."""
+  (pre-training's grain iterator), the iterator's position.
+
+  The write finishes in the background; `wait` reports its failure. A failure of an
+  earlier save surfaces here too.
+  """
   items = dict(state=ocp.args.StandardSave(state))
   if data_iterator is not None:
     items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-  mngr.save(step, args=ocp.args.Composite(**items))
+  try:
+    mngr.save(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds for I/O
+    raise _save_error(mngr, step, e) from e
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+  """Waits for background saves; a failed one (full disk, I/O error) is one line."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:  # noqa: BLE001
+    raise _save_error(mngr, None, e) from e
+
+
+def _save_error(mngr: ocp.CheckpointManager, step: int | None, error: Exception) -> UserError:
+  mngr.reload()
+  kept = [s for s in mngr.all_steps() if s != step]
+  where = f'step {step} ' if step is not None else ''
+  return UserError(f'could not write checkpoint {where}to {mngr.directory}: {_first_line(error)}; '
+                   f'the checkpoints already written ({", ".join(map(str, kept)) or "none"}) '
+                   'are kept: free space or fix the disk, then re-run the same command to '
+                   'resume from the last of them')
+
+
+def _first_line(error: BaseException) -> str:
+  """The useful part of a long orbax/tensorstore error: the OS error where it names
+  one, else the first line of the innermost cause."""
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  text = str(error).strip()
+  os_error = re.search(r"os_error_code='?(\d+)", text)
+  if os_error:
+    return f'OSError: {os.strerror(int(os_error.group(1)))}'
+  lines = text.splitlines()
+  return f'{type(error).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
 
 
 def save_params(workdir: str, step: int, params, *, subdir: str = 'checkpoints') -> None:
@@ -45,8 +87,11 @@ def save_params(workdir: str, step: int, params, *, subdir: str = 'checkpoints')
   with manager(workdir, keep=1, subdir=subdir) as mngr:
     if step in mngr.all_steps():  # re-saving after a resume: same step, same weights
       return
-    mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
-    mngr.wait_until_finished()
+    try:
+      mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+      mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds for I/O
+      raise _save_error(mngr, step, e) from e
 
 
 def _partial_saves(mngr: ocp.CheckpointManager) -> list[str]:
@@ -69,17 +114,26 @@ def restore_params(workdir: str, abstract_params, step: int | None = None, *,
     if step is None or step not in mngr.all_steps():
       raise UserError(f'{workdir} has no checkpoint{"" if step is None else f" at step {step}"}'
                       f'; steps there: {list(mngr.all_steps()) or "none"}')
-    if 'params' in _items(mngr, step):
-      return step, mngr.restore(step, args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(abstract_params)))['params']
-    # A full train state: restore it whole onto one device, as saved, and keep the
-    # params; the optimizer config that shaped the rest is not needed for that.
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          mngr.item_metadata(step)['state'])
-    state = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
-    return step, _match(abstract_params, state['params'])
+    try:
+      return step, _restore_params_step(mngr, step, abstract_params)
+    except Exception as e:  # noqa: BLE001 - tensorstore reports damage as many kinds
+      raise UserError(f'checkpoint {step} in {mngr.directory} cannot be read '
+                      f'({_first_line(e)}); pick another with --step, or re-run training on '
+                      f'{workdir} to set it aside') from e
+
+
+def _restore_params_step(mngr, step, abstract_params):
+  if 'params' in _items(mngr, step):
+    return mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))['params']
+  # A full train state: restore it whole onto one device, as saved, and keep the
+  # params; the optimizer config that shaped the rest is not needed for that.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        mngr.item_metadata(step)['state'])
+  state = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target)))['state']
+  return _match(abstract_params, state['params'])
 
 
 def _match(reference, tree):
@@ -89,18 +143,30 @@ def _match(reference, tree):
   return tree
 
 
-def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, step=None):
-  """Restores `state` onto `abstract_state`'s shardings and rewinds the iterator.
+def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None):
+  """Restores the latest readable checkpoint onto `abstract_state`'s shardings and
+  rewinds the iterator.
 
   Returns the state; None when the workdir holds no checkpoint yet; for a
   params-only checkpoint, a state holding just `params` (optimizer starts fresh).
+  An unreadable checkpoint is moved aside (one line) and the previous one tried;
+  when none can be read the run stops rather than starting over.
   """
-  step = mngr.latest_step() if step is None else step
   for partial in _partial_saves(mngr):
     logging.warning('skipping the partly written checkpoint %s (a save was interrupted); '
-                    'resuming from step %s', partial, step)
-  if step is None:
-    return None
+                    'resuming from step %s', partial, mngr.latest_step())
+  while (step := mngr.latest_step()) is not None:
+    try:
+      return _restore_step(mngr, step, abstract_state, data_iterator)
+    except Exception as e:  # noqa: BLE001 - tensorstore reports damage as many kinds
+      _set_aside(mngr, step, e)
+  if os.path.isdir(_unreadable_dir(mngr)):
+    raise UserError(f'no checkpoint in {mngr.directory} can be read (the unreadable ones are '
+                    f'in {_unreadable_dir(mngr)}); to start over, use a new --workdir')
+  return None
+
+
+def _restore_step(mngr, step, abstract_state, data_iterator):
   if 'params' in _items(mngr, step):
     return mngr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_state['params'])))
@@ -108,3 +174,26 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, ste
   if data_iterator is not None:
     items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
   return mngr.restore(step, args=ocp.args.Composite(**items))['state']
+
+
+def _unreadable_dir(mngr) -> str:
+  return str(mngr.directory) + '_unreadable'
+
+
+def _set_aside(mngr, step: int, error: Exception) -> None:
+  """Moves an unreadable checkpoint out of orbax's sight (kept, not deleted), so that
+  the run continues from the one before and later saves of this step can happen."""
+  dest = os.path.join(_unreadable_dir(mngr), str(step))
+  if jax.process_index() == 0:
+    os.makedirs(_unreadable_dir(mngr), exist_ok=True)
+    if os.path.exists(dest):  # set aside before: keep both
+      dest = f'{dest}.{len(os.listdir(_unreadable_dir(mngr)))}'
+    shutil.move(os.path.join(str(mngr.directory), str(step)), dest)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f'bertjax checkpoint {step} set aside')
+  mngr.reload()
+  previous = mngr.latest_step()
+  logging.warning('checkpoint %s cannot be read (%s); moved it to %s and %s', step,
+                  _first_line(error), dest,
+                  f'using step {previous}' if previous is not None else 'no checkpoint is left')

@@ -14,22 +14,21 @@ import dataclasses
 import json
 import math
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bertjax import (checkpoint, config_lib, evaluate, flops, hf, hf_weights, preemption,
-                     reporting, sharding, steps, train)
+from bertjax import (checkpoint, config_lib, evaluate, flops, hf, hf_weights, loop, reporting,
+                     sharding, steps, train)
 from bertjax.data import embedded_tasks, tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.models import heads
 from bertjax.models.bert import BertConfig
 from bertjax.tasks import registry
 
-_FIXED_KEYS = (*(f'model.{k}' for k in train._ARCHITECTURE), 'task.kind', 'task.train',
+_FIXED_KEYS = (*(f'model.{k}' for k in train.ARCHITECTURE_KEYS), 'task.kind', 'task.train',
                'task.seq_len', 'seed', 'init')
 TASK_FILE = 'task.json'  # the head kind and label names, for evaluate and export
 
@@ -153,8 +152,12 @@ def load_task_data(config, tok):
   return task, train_split, eval_split
 
 
-def finetune_and_evaluate(config, workdir: str) -> dict[str, float]:
-  """Fine-tunes (resuming if possible) and returns the best checkpoint's metrics."""
+def finetune_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[str, float]:
+  """Fine-tunes (resuming if possible) and returns the best checkpoint's metrics.
+
+  `profile` traces a few steps into WORKDIR/profile; SIGTERM and Ctrl-C save as in
+  `train.train_and_evaluate`.
+  """
   if not config.init:
     raise UserError('fine-tuning starts from trained weights: set --config.init to a '
                     'bertjax workdir or a Hugging Face model directory')
@@ -185,70 +188,58 @@ def finetune_and_evaluate(config, workdir: str) -> dict[str, float]:
   fns = steps.build(config, model_cfg, mesh, rules, objective(task, model_cfg, info.num_labels),
                     total_steps=n_steps)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
-  state = checkpoint.restore(mngr, fns.abstract_state)
-  if state is None:
+
+  def start_fresh(_):
     # Heads `init` lacks keep these freshly initialised values.
     fresh = jax.device_get(fns.init(jax.random.key(config.seed))['params'])
     params = initial_params(config.init, fresh, task.MODEL_KIND, info.num_labels,
                             model_cfg.num_layers)
-    state, start = fns.init_from_params(params), 0
     reporting.log(f'fine-tuning {config.init} on {train_split.source}: {len(train_split)} '
                   f'training rows, {len(eval_split)} eval rows, {n_steps} steps of '
                   f'{config.train.batch_size}')
-  else:
-    start = int(state['step'])
-    reporting.log(f'resumed from step {start} in {workdir}')
+    return fns.init_from_params(params)
+
+  state, start = loop.restore_or_start(mngr, fns.abstract_state, start_fresh, workdir)
 
   best = _read_best(workdir)
+
+  def evaluate_state(state):
+    results = evaluate.evaluate_split(fns, state['params'], task, eval_split,
+                                      config.train.eval_batch_size)
+    if metric not in results:
+      raise UserError(f'task.metric {metric!r} is not one of this task\'s metrics '
+                      f'{sorted(results)}')
+    return results
+
+  def keep_best(step, state, results):
+    nonlocal best
+    if best is None or results[metric] > best['metrics'][metric]:
+      best = dict(step=step, metric=metric, metrics=results)
+      checkpoint.save_params(workdir, step, state['params'], subdir='best')
+      _write_best(workdir, best)
+
+  def batch(step):
+    rows = batch_indices(len(train_split), config.train.batch_size, step, config.seed)
+    return sharding.global_batch(sharding.process_rows(train_split.features, rows),
+                                 fns.batch_sharding)
+
   step_flops = (flops.train_flops_per_token(model_cfg, config.task.seq_len, 0)
                 * config.train.batch_size * config.task.seq_len)
   peak = flops.peak_flops(jax.devices()[0])
+  job = loop.Job(
+      train_step=fns.train_step, next_batch=batch,
+      summarise=lambda pending, seconds, n: train.summarise(pending, seconds, n, step_flops, peak),
+      show=lambda m: {'loss': f'{m["loss"]:.3f}'},
+      show_eval=lambda m: {metric: f'{m[metric]:.4f}'},
+      total_steps=n_steps, log_every=config.train.log_every,
+      checkpoint_every=config.train.checkpoint_every, eval_every=eval_every,
+      evaluate=evaluate_state, after_eval=keep_best, evaluate_last_step=True)
   writer = reporting.MetricsWriter(workdir)
-  bar = reporting.progress_bar(start, n_steps)
-  pending, last_time, last_step = [], time.perf_counter(), start
-  postfix = {}
-  with sharding.activate(mesh, rules), preemption.guard() as preempted:
-    for step in range(start, n_steps):
-      rows = batch_indices(len(train_split), config.train.batch_size, step, config.seed)
-      batch = sharding.global_batch(sharding.process_rows(train_split.features, rows),
-                                    fns.batch_sharding)
-      state, metrics = fns.train_step(state, batch)
-      pending.append(metrics)
-      done = step + 1
-      if done % config.train.log_every == 0 or done == n_steps:
-        summary = train.summarise(jax.device_get(pending), time.perf_counter() - last_time,
-                                  done - last_step, step_flops, peak)
-        if not np.isfinite(summary['loss']):
-          raise UserError(f'the loss became {summary["loss"]} by step {done}; lower '
-                          '--config.optim.learning_rate or check the data')
-        writer.write(done, summary)
-        postfix['loss'] = f'{summary["loss"]:.3f}'
-        bar.set_postfix(postfix)
-        pending, last_time, last_step = [], time.perf_counter(), done
-      if done % eval_every == 0 or done == n_steps:
-        results = evaluate.evaluate_split(fns, state['params'], task, eval_split,
-                                          config.train.eval_batch_size)
-        if metric not in results:
-          raise UserError(f'task.metric {metric!r} is not one of this task\'s metrics '
-                          f'{sorted(results)}')
-        writer.write(done, results, prefix='eval_')
-        postfix[metric] = f'{results[metric]:.4f}'
-        bar.set_postfix(postfix)
-        if best is None or results[metric] > best['metrics'][metric]:
-          best = dict(step=done, metric=metric, metrics=results)
-          checkpoint.save_params(workdir, done, state['params'], subdir='best')
-          _write_best(workdir, best)
-      stop = preempted(done)
-      if done % config.train.checkpoint_every == 0 or done == n_steps or stop:
-        checkpoint.save(mngr, done, state)
-      bar.update(1)
-      if stop:
-        bar.close()
-        mngr.wait_until_finished()
-        reporting.log(f'preempted: saved step {done}; re-run the same command to resume')
-        return {}
-    bar.close()
-  mngr.wait_until_finished()
+  with sharding.activate(mesh, rules):
+    state = loop.run(job, state, start, workdir=workdir, mngr=mngr, writer=writer,
+                     profile=profile)
+  if state is None:  # preempted: saved, and a re-run resumes
+    return {}
   mngr.close()
   writer.write(best['step'], best['metrics'], prefix='best_')
   writer.close()

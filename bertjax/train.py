@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import jax
 import numpy as np
 
-from bertjax import (checkpoint, config_lib, flops, hf, hf_weights, preemption, reporting,
-                     sharding, steps)
+from bertjax import (checkpoint, config_lib, flops, hf, hf_weights, loop, reporting, sharding,
+                     steps)
 from bertjax.data import pipeline, tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.models.bert import BertConfig
 from bertjax.tasks import pretrain
 
-_ARCHITECTURE = ('num_layers', 'hidden_size', 'num_heads', 'intermediate_size',
+ARCHITECTURE_KEYS = ('num_layers', 'hidden_size', 'num_heads', 'intermediate_size',
                  'max_position_embeddings', 'type_vocab_size', 'layer_norm_eps')
 # Config keys a resumed run must share with the run that wrote the checkpoint (the
 # compute dtype, attention kernel, steps or learning rate may change).
-_FIXED_KEYS = (*(f'model.{k}' for k in _ARCHITECTURE), 'data.tokenizer', 'data.seq_len',
+_FIXED_KEYS = (*(f'model.{k}' for k in ARCHITECTURE_KEYS), 'data.tokenizer', 'data.seq_len',
                'data.corpus', 'seed')
 
 
@@ -69,7 +68,7 @@ def adopt_architecture(config) -> None:
     source = config_lib.load_workdir_config(config.init).model
   else:
     source = config_lib.model_from_bert_config(hf.read_hf_config(config.init)[0])
-  for key in _ARCHITECTURE:
+  for key in ARCHITECTURE_KEYS:
     config.model[key] = source[key]
 
 
@@ -110,7 +109,8 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
   """Trains `config.train.steps` steps (resuming if possible); returns eval metrics.
 
   SIGTERM (how TPU VMs are preempted) saves a checkpoint at the current step and
-  returns early; re-running the same command resumes exactly there.
+  returns {}; Ctrl-C saves too, then raises KeyboardInterrupt. Re-running the same
+  command resumes exactly there.
   """
   os.makedirs(workdir, exist_ok=True)
   if config.init:
@@ -131,18 +131,17 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
 
   train_iter = pipeline.train_iterator(data, config.data.workers)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
-  state = checkpoint.restore(mngr, fns.abstract_state, train_iter)
-  if state is None and config.init:
-    state, start = fns.init_from_params(initial_params(config.init, fns)), 0
-    reporting.log(f'starting from the weights of {config.init}')
-  elif state is None:
-    state, start = fns.init(jax.random.key(config.seed)), 0
-  elif 'step' not in state:  # imported weights: fresh optimizer, step 0
-    state, start = fns.init_from_params(state['params']), 0
-    reporting.log(f'starting from the weights imported from {config.init}')
-  else:
-    start = int(state['step'])
-    reporting.log(f'resumed from step {start} in {workdir}')
+
+  def start_fresh(imported_params):
+    if imported_params is not None:
+      reporting.log(f'starting from the weights imported from {config.init}')
+      return fns.init_from_params(imported_params)
+    if config.init:
+      reporting.log(f'starting from the weights of {config.init}')
+      return fns.init_from_params(initial_params(config.init, fns))
+    return fns.init(jax.random.key(config.seed))
+
+  state, start = loop.restore_or_start(mngr, fns.abstract_state, start_fresh, workdir, train_iter)
 
   n_params = sum(x.size for x in jax.tree.leaves(fns.abstract_state['params']))
   reporting.log(f'model: {config.model.preset} ({n_params / 1e6:.2f}M parameters, vocab '
@@ -152,55 +151,32 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
                                             config.data.masking.max_predictions)
                 * config.train.batch_size * config.data.seq_len)
   peak = flops.peak_flops(jax.devices()[0])
+  job = loop.Job(
+      train_step=fns.train_step,
+      next_batch=lambda step: sharding.global_batch(next(train_iter), fns.batch_sharding),
+      summarise=lambda pending, seconds, n: summarise(pending, seconds, n, step_flops, peak),
+      show=_progress_fields, total_steps=total_steps, log_every=config.train.log_every,
+      checkpoint_every=config.train.checkpoint_every, data_iterator=train_iter,
+      eval_every=config.train.eval_every,
+      evaluate=lambda state: evaluate(fns, state['params'], data))
 
   writer = reporting.MetricsWriter(workdir)
-  bar = reporting.progress_bar(start, total_steps)
-  pending, last_time, last_step = [], time.perf_counter(), start
-  eval_every = config.train.eval_every
-  with sharding.activate(mesh, rules), preemption.guard() as preempted:
-    for step in range(start, total_steps):
-      if profile and step == start + 2:  # after compilation
-        jax.profiler.start_trace(os.path.join(workdir, 'profile'))
-      batch = sharding.global_batch(next(train_iter), fns.batch_sharding)
-      state, metrics = fns.train_step(state, batch)
-      pending.append(metrics)
-      done = step + 1
-      if profile and done == start + 5:
-        jax.block_until_ready(state)
-        jax.profiler.stop_trace()
-        reporting.log(f'profile of steps {start + 3}-{done} in {workdir}/profile')
-      if done % config.train.log_every == 0 or done == total_steps:
-        summary = summarise(jax.device_get(pending), time.perf_counter() - last_time,
-                             done - last_step, step_flops, peak)
-        if not np.isfinite(summary['loss']):
-          mngr.wait_until_finished()
-          raise UserError(f'the loss became {summary["loss"]} by step {done}; the last '
-                          f'good checkpoint (step {mngr.latest_step()}) is kept. Lower '
-                          '--config.optim.learning_rate or check the data')
-        writer.write(done, summary)
-        bar.set_postfix(loss=f'{summary["loss"]:.3f}', mlm_acc=f'{summary["mlm_accuracy"]:.3f}',
-                        tok_s=f'{summary["tokens_per_sec"]:.0f}')
-        pending, last_time, last_step = [], time.perf_counter(), done
-      stop = preempted(done)
-      if done % config.train.checkpoint_every == 0 or done == total_steps or stop:
-        checkpoint.save(mngr, done, state, train_iter)
-      bar.update(1)
-      if stop:
-        bar.close()
-        mngr.wait_until_finished()
-        reporting.log(f'preempted: saved step {done}; re-run the same command to resume')
-        return {}
-      if eval_every and done % eval_every == 0 and done != total_steps:
-        writer.write(done, evaluate(fns, state['params'], data), prefix='eval_')
-    bar.close()
-
-    mngr.wait_until_finished()
+  with sharding.activate(mesh, rules):
+    state = loop.run(job, state, start, workdir=workdir, mngr=mngr, writer=writer,
+                     profile=profile)
+    if state is None:  # preempted: saved, and a re-run resumes
+      return {}
     mngr.close()
     results = evaluate(fns, state['params'], data)
   writer.write(total_steps, results, prefix='eval_')
   writer.close()
   reporting.log(format_eval(results))
   return results
+
+
+def _progress_fields(metrics: dict[str, float]) -> dict[str, str]:
+  return dict(loss=f'{metrics["loss"]:.3f}', mlm_acc=f'{metrics["mlm_accuracy"]:.3f}',
+              tok_s=f'{metrics["tokens_per_sec"]:.0f}')
 
 
 def summarise(metrics_list, seconds: float, steps_done: int, step_flops: float,
