@@ -20,8 +20,12 @@ import shutil
 
 import grain
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
 
+from bertjax import hf_weights
 from bertjax.errors import UserError
 
 
@@ -124,8 +128,9 @@ def restore_params(workdir: str, abstract_params, step: int | None = None, *,
 
 def _restore_params_step(mngr, step, abstract_params):
   if 'params' in _items(mngr, step):
-    return mngr.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params)))['params']
+    saved = _as_saved(abstract_params, _saved_vocab_rows(mngr, step, 'params'))
+    return _padded(mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(saved)))['params'], abstract_params)
   # A full train state: restore it whole onto one device, as saved, and keep the
   # params; the optimizer config that shaped the rest is not needed for that.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -156,6 +161,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None):
     logging.warning('skipping the partly written checkpoint %s (a save was interrupted); '
                     'resuming from step %s', partial, mngr.latest_step())
   while (step := mngr.latest_step()) is not None:
+    _check_layout(mngr, step, abstract_state)
     try:
       return _restore_step(mngr, step, abstract_state, data_iterator)
     except Exception as e:  # noqa: BLE001 - tensorstore reports damage as many kinds
@@ -168,12 +174,79 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None):
 
 def _restore_step(mngr, step, abstract_state, data_iterator):
   if 'params' in _items(mngr, step):
-    return mngr.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_state['params'])))
-  items = dict(state=ocp.args.StandardRestore(abstract_state))
+    return {'params': _restore_params_step(mngr, step, abstract_state['params'])}
+  saved = _as_saved(abstract_state, _saved_vocab_rows(mngr, step, 'state'))
+  items = dict(state=ocp.args.StandardRestore(saved))
   if data_iterator is not None:
     items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
-  return mngr.restore(step, args=ocp.args.Composite(**items))['state']
+  return _padded(mngr.restore(step, args=ocp.args.Composite(**items))['state'], abstract_state)
+
+
+def _params_metadata(mngr, step):
+  item = 'params' if 'params' in _items(mngr, step) else 'state'
+  metadata = mngr.item_metadata(step)[item]
+  return metadata if item == 'params' else metadata['params']
+
+
+def _saved_vocab_rows(mngr, step: int, item: str) -> int | None:
+  """Rows of the saved word-embedding table (checkpoints from before the vocabulary
+  was padded have fewer than the model now builds)."""
+  try:
+    node = _params_metadata(mngr, step)
+    for key in ('bert', 'embeddings', 'word_embeddings', 'embedding'):
+      node = node[key]
+    return int(node.shape[0])
+  except Exception:  # noqa: BLE001 - unreadable metadata: the restore itself will say so
+    return None
+
+
+def _as_saved(abstract, saved_rows: int | None):
+  """`abstract` with its vocabulary leaves as an older, unpadded checkpoint holds them
+  (replicated: `_padded` pads and places them right after)."""
+  def leaf(path, a):
+    if (saved_rows is None or not hf_weights.is_vocab_path(hf_weights.path_names(path))
+        or a.shape[0] == saved_rows):
+      return a
+    sharding = getattr(a, 'sharding', None)
+    if isinstance(sharding, NamedSharding):
+      sharding = NamedSharding(sharding.mesh, PartitionSpec())
+    return jax.ShapeDtypeStruct((saved_rows, *a.shape[1:]), a.dtype, sharding=sharding)
+  return jax.tree_util.tree_map_with_path(leaf, abstract)
+
+
+def _padded(tree, abstract):
+  """Zero-pads restored vocabulary leaves to `abstract`'s rows, placed like it."""
+  def leaf(path, x, a):
+    if not hf_weights.is_vocab_path(hf_weights.path_names(path)) or x.shape == a.shape:
+      return x
+    x = jnp.pad(x, [(0, a.shape[0] - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+    sharding = getattr(a, 'sharding', None)
+    return jax.device_put(x, sharding) if sharding is not None else np.asarray(x)
+  return jax.tree_util.tree_map_with_path(leaf, tree, abstract)
+
+
+def _check_layout(mngr, step: int, abstract_state) -> None:
+  """A checkpoint of another model (other shapes or layout, e.g. `scan_layers`
+  switched) is an error to report, not damage to set aside."""
+  try:
+    saved = _shapes(_params_metadata(mngr, step))
+  except Exception:  # noqa: BLE001 - unreadable: the restore will set it aside
+    return
+  wanted = _shapes(abstract_state['params'])
+  differ = sorted(k for k in saved.keys() | wanted.keys()
+                  if saved.get(k) != wanted.get(k)
+                  and not hf_weights.is_vocab_path(k.split('/')))
+  if differ:
+    shown = ', '.join(f'{k}: saved {saved.get(k)}, now {wanted.get(k)}' for k in differ[:2])
+    raise UserError(f'checkpoint {step} in {mngr.directory} holds a model of another shape '
+                    f'or layout ({shown}); resume with the config that wrote it (e.g. the '
+                    'same model sizes and scan_layers)')
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  flat = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, 'shape'))[0]
+  return {'/'.join(str(n) for n in hf_weights.path_names(p)): tuple(x.shape) for p, x in flat}
 
 
 def _unreadable_dir(mngr) -> str:

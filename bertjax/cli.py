@@ -49,9 +49,7 @@ def _train(args, overrides):
                     f'{jax.device_count()} devices of this {jax.process_count()}-process run; '
                     'size it to all of them, e.g. --config.mesh.data=-1')
   if finetune.is_finetune_config(config):
-    if args.profile:
-      raise UserError('--profile traces pre-training runs only')
-    finetune.finetune_and_evaluate(config, args.workdir)
+    finetune.finetune_and_evaluate(config, args.workdir, profile=args.profile)
   else:
     train.train_and_evaluate(config, args.workdir, profile=args.profile)
 

@@ -13,7 +13,7 @@ import jax
 from etils import epath
 
 from bertjax import config_lib, optim
-from bertjax.data import corpus, instances, masking
+from bertjax.data import instances, masking, text_files
 from bertjax.errors import UserError
 from bertjax.models import attention
 
@@ -55,7 +55,7 @@ def validate_pretrain(c, prefix: str) -> None:
   else:
     low, why = MIN_TEXT_TOKENS + 3, '[CLS] A [SEP] B [SEP] instances'
   _seq_len(prefix + 'data.seq_len', d.seq_len, low, why, c, prefix)
-  _choice(prefix + 'data.doc_mode', d.doc_mode, corpus.DOC_MODES)
+  _choice(prefix + 'data.doc_mode', d.doc_mode, text_files.DOC_MODES)
   _within(prefix + 'data.short_seq_prob', d.short_seq_prob, 0.0, 1.0)
   _within(prefix + 'data.eval_fraction', d.eval_fraction, 0.0, 1.0, high_open=True)
   _at_least(prefix + 'data.workers', d.workers, 0)

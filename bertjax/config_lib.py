@@ -71,6 +71,13 @@ def model_from_bert_config(cfg) -> ConfigDict:
   return c
 
 
+def model_config(config, vocab_size: int):
+  """The BertConfig of the model a resolved config describes, with the tokenizer's
+  vocabulary size: the one function every run, benchmark and loader builds it with."""
+  from bertjax.models.bert import BertConfig
+  return BertConfig.from_dict({**config.model.to_dict(), 'vocab_size': vocab_size})
+
+
 def load_workdir_config(workdir: str) -> ConfigDict:
   """The resolved config a workdir was trained (or imported) with, locked."""
   path = os.path.join(workdir, 'config.json')

@@ -153,20 +153,26 @@ def into_pretraining(tensors, initial_params, kind: str, num_layers: int):
   return _load(tensors, name_map('pretraining', num_layers), initial_params)
 
 
+def is_vocab_path(names) -> bool:
+  """Whether a params path (a tuple of names) is a word-embedding table or MLM bias,
+  under 'bert' or at the root (a bare encoder's params)."""
+  names = tuple(names)
+  return names[-3:] == _WORD_EMBEDDINGS[1:] or names[-2:] == _MLM_BIAS
+
+
+def path_names(path) -> tuple:
+  """The names of a jax.tree_util key path (dict keys, attribute names, indices)."""
+  return tuple(getattr(e, 'key', getattr(e, 'name', getattr(e, 'idx', None))) for e in path)
+
+
 def pad_vocab_rows(tree, cfg):
   """`tree` (params, or a train state whose optimizer moments mirror them) with every
   word-embedding table and MLM bias of `cfg.vocab_size` rows zero-padded to
   `cfg.padded_vocab_size`: what a checkpoint saved before the padding needs. Leaves
   already padded are returned as they are.
   """
-  def key_name(entry):
-    return getattr(entry, 'key', getattr(entry, 'name', getattr(entry, 'idx', None)))
-
   def pad(path, leaf):
-    names = tuple(key_name(e) for e in path)
-    # Under 'bert' or at the root (a bare encoder's params).
-    is_vocab = names[-3:] == _WORD_EMBEDDINGS[1:] or names[-2:] == _MLM_BIAS
-    if not is_vocab or leaf.shape[0] != cfg.vocab_size or (
+    if not is_vocab_path(path_names(path)) or leaf.shape[0] != cfg.vocab_size or (
         cfg.vocab_size == cfg.padded_vocab_size):
       return leaf
     widths = [(0, cfg.padded_vocab_size - cfg.vocab_size)] + [(0, 0)] * (leaf.ndim - 1)

@@ -87,9 +87,9 @@ def bert_params(model: str = 'large', vocab_size: int = 30522) -> tuple[tuple[Pa
   mesh axes the default rules put them on, and the model config."""
   import jax
   from flax import nnx
-  from bertjax import steps, train
+  from bertjax import steps
   config = config_lib.bert_recipe(model, None)
-  model_cfg = train.model_config(config, vocab_size)
+  model_cfg = config_lib.model_config(config, vocab_size)
   abstract = nnx.eval_shape(lambda: steps.pretraining(model_cfg).build_model(jax.random.key(0)))
   params = []
   for v in jax.tree.leaves(nnx.state(abstract, nnx.Param),

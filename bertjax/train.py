@@ -6,103 +6,18 @@ finished workdir it only evaluates.
 """
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import numpy as np
 
-from bertjax import (checkpoint, config_lib, flops, hf, hf_weights, loop, reporting, sharding,
-                     steps)
-from bertjax.data import pipeline, tokenizer as tokenizer_lib
-from bertjax.errors import UserError
-from bertjax.models.bert import BertConfig
+from bertjax import (checkpoint, config_checks, config_lib, flops, init_weights, loop, reporting, run_lock, sharding,
+                     steps, workdir as workdir_lib)
+from bertjax.data import pipeline
 from bertjax.tasks import pretrain
 
-ARCHITECTURE_KEYS = ('num_layers', 'hidden_size', 'num_heads', 'intermediate_size',
-                 'max_position_embeddings', 'type_vocab_size', 'layer_norm_eps')
 # Config keys a resumed run must share with the run that wrote the checkpoint (the
 # compute dtype, attention kernel, steps or learning rate may change).
-_FIXED_KEYS = (*(f'model.{k}' for k in ARCHITECTURE_KEYS), 'data.tokenizer', 'data.seq_len',
-               'data.corpus', 'seed')
-
-
-def check_and_write_config(config, workdir: str, fixed_keys=_FIXED_KEYS) -> None:
-  """Writes the resolved config; refuses to resume with a different model or data.
-
-  A workdir made by `bertjax import` fixes the architecture and tokenizer: the
-  experiment's own `model` and `data.tokenizer` give way to the imported ones.
-  """
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      old = json.load(f)
-    if old.get('init') and not config.init:
-      with config.unlocked():
-        config.init = old['init']
-        config.model = config_lib.ConfigDict(old['model'])
-        config.data.tokenizer = config_lib.ConfigDict(old['data']['tokenizer'])
-      reporting.log(f'{workdir} was imported from {old["init"]}: training its '
-                    f'{old["model"]["num_layers"]}-layer, {old["model"]["hidden_size"]}-wide '
-                    'model with its tokenizer')
-    new = json.loads(config_lib.to_json(config))
-    started = os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
-    for key in fixed_keys if started else ():
-      a, b = old, new
-      for part in key.split('.'):
-        a, b = a.get(part), b.get(part)
-      if a != b:
-        raise UserError(f'{workdir} was trained with {key}={a}, but the config says {b}; '
-                        'use a new --workdir, or the original config to resume')
-  if jax.process_index() == 0:
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(config_lib.to_json(config))
-    os.replace(tmp, path)
-
-
-def adopt_architecture(config) -> None:
-  """Weights fix the architecture: take it from `config.init` (dropout, dtype and
-  attention implementation stay the experiment's)."""
-  if os.path.isdir(os.path.join(config.init, 'checkpoints')):
-    source = config_lib.load_workdir_config(config.init).model
-  else:
-    source = config_lib.model_from_bert_config(hf.read_hf_config(config.init)[0])
-  for key in ARCHITECTURE_KEYS:
-    config.model[key] = source[key]
-
-
-def adopt_tokenizer(init: str, workdir: str) -> None:
-  """A run that starts from other weights must use their tokenizer: copy it over."""
-  dest = os.path.join(workdir, 'tokenizer')
-  if tokenizer_lib.find(dest) is not None or jax.process_index() != 0:
-    return
-  if os.path.isdir(os.path.join(init, 'checkpoints')):
-    tokenizer_lib.save(tokenizer_lib.load(os.path.join(init, 'tokenizer')), dest)
-  elif os.path.isdir(init):
-    tokenizer_lib.save(hf.load_hf_tokenizer(init), dest)
-  else:
-    raise UserError(f'init={init!r} is neither a bertjax workdir nor a Hugging Face '
-                    'directory; point --config.init at one')
-
-
-def initial_params(init: str, fns: steps.Steps):
-  """Params to start from: a bertjax workdir's latest checkpoint (e.g. phase 1 for
-  phase 2) or a Hugging Face directory's weights (missing heads initialised)."""
-  abstract = fns.abstract_state['params']
-  if os.path.isdir(os.path.join(init, 'checkpoints')):
-    _, params = checkpoint.restore_params(init, abstract)
-    return params
-  cfg, raw = hf.read_hf_config(init)
-  tensors = hf.read_safetensors(init)
-  fresh = jax.device_get(fns.init(jax.random.key(0))['params'])
-  params, _ = hf_weights.into_pretraining(tensors, fresh, hf.checkpoint_kind(tensors, raw),
-                                         cfg.num_layers)
-  return params
-
-
-def model_config(config, vocab_size: int) -> BertConfig:
-  return BertConfig.from_dict({**config.model.to_dict(), 'vocab_size': vocab_size})
+FIXED_KEYS = (*(f'model.{k}' for k in init_weights.ARCHITECTURE_KEYS), 'data.tokenizer',
+              'data.seq_len', 'data.corpus', 'seed')
 
 
 def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[str, float]:
@@ -112,20 +27,25 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
   returns {}; Ctrl-C saves too, then raises KeyboardInterrupt. Re-running the same
   command resumes exactly there.
   """
-  os.makedirs(workdir, exist_ok=True)
+  config_checks.validate(config)
+  workdir_lib.create(workdir)
+  with run_lock.RunLock(workdir):
+    return _train(config, workdir, profile)
+
+
+def _train(config, workdir: str, profile: bool) -> dict[str, float]:
   if config.init:
-    adopt_architecture(config)
-  check_and_write_config(config, workdir)
+    init_weights.adopt_architecture(config)
+  workdir_lib.check_config(config, workdir, FIXED_KEYS)
   if config.init:
-    adopt_tokenizer(config.init, workdir)
+    init_weights.adopt_tokenizer(config.init, workdir)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
   data = pipeline.build(config.data, batch_size=config.train.batch_size,
                         eval_batches=config.train.eval_batches, seed=config.seed, workdir=workdir)
-  model_cfg = model_config(config, data.tokenizer.vocab_size)
-  if config.data.seq_len > model_cfg.max_position_embeddings:
-    raise UserError(f'data.seq_len {config.data.seq_len} exceeds the model\'s '
-                    f'{model_cfg.max_position_embeddings} position embeddings')
+  # Written once the tokenizer and data it describes have been checked.
+  workdir_lib.write_config(config, workdir)
+  model_cfg = config_lib.model_config(config, data.tokenizer.vocab_size)
   total_steps = config.train.steps
   fns = steps.build(config, model_cfg, mesh, rules)
 
@@ -138,7 +58,8 @@ def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[s
       return fns.init_from_params(imported_params)
     if config.init:
       reporting.log(f'starting from the weights of {config.init}')
-      return fns.init_from_params(initial_params(config.init, fns))
+      fresh = jax.device_get(fns.init(jax.random.key(0))['params'])
+      return fns.init_from_params(init_weights.initial_params(config.init, fresh, 'pretraining'))
     return fns.init(jax.random.key(config.seed))
 
   state, start = loop.restore_or_start(mngr, fns.abstract_state, start_fresh, workdir, train_iter)

@@ -39,11 +39,6 @@ class Weights:
   step: int | None = None
 
 
-def model_config(config, vocab_size: int) -> BertConfig:
-  """The model a resolved config describes, with the tokenizer's vocabulary size."""
-  return BertConfig.from_dict({**config.model.to_dict(), 'vocab_size': vocab_size})
-
-
 def abstract_params(kind: str, cfg: BertConfig, num_labels: int = 2):
   """The params tree of a model of head `kind`, shapes only."""
   return nnx.to_pure_dict(nnx.state(nnx.eval_shape(
@@ -61,7 +56,7 @@ def source_model_config(path: str) -> BertConfig:
   """The architecture of the weights at `path` (a workdir or a Hugging Face directory)."""
   if workdir_lib.is_workdir(path):
     config = config_lib.load_workdir_config(path)
-    return model_config(config, open_tokenizer(path).vocab_size)
+    return config_lib.model_config(config, open_tokenizer(path).vocab_size)
   return hf.read_hf_config(path)[0]
 
 
@@ -96,7 +91,7 @@ def open_weights(path: str, step: int | None = None) -> Weights:
 
 def _open_workdir(path: str, step: int | None) -> Weights:
   config = config_lib.load_workdir_config(path)
-  cfg = model_config(config, open_tokenizer(path).vocab_size)
+  cfg = config_lib.model_config(config, open_tokenizer(path).vocab_size)
   kind, labels, names, subdir = 'pretraining', 2, (), workdir_lib.CHECKPOINTS
   if workdir_lib.is_finetuned(path):
     info = workdir_lib.TaskInfo.read(path)

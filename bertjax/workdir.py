@@ -23,6 +23,7 @@ import uuid
 import jax
 from etils import epath
 
+from bertjax import config_lib, reporting
 from bertjax.errors import UserError
 
 CONFIG = 'config.json'
@@ -126,3 +127,37 @@ class TaskInfo:
     if jax.process_index() != 0:
       return
     write_text(path(workdir) / TASK, json.dumps(dataclasses.asdict(self), indent=2))
+
+
+def check_config(config, workdir, fixed_keys) -> None:
+  """Refuses to go on in a workdir that trained with other `fixed_keys` (model, data,
+  seed...). A workdir made by `bertjax import` fixes the architecture and tokenizer:
+  the experiment's own `model` and `data.tokenizer` give way to the imported ones."""
+  target = path(workdir) / CONFIG
+  if not target.exists():
+    return
+  old = read_json(target)
+  if old.get('init') and not config.init:
+    with config.unlocked():
+      config.init = old['init']
+      config.model = config_lib.ConfigDict(old['model'])
+      config.data.tokenizer = config_lib.ConfigDict(old['data']['tokenizer'])
+    reporting.log(f'{workdir} was imported from {old["init"]}: training its '
+                  f'{old["model"]["num_layers"]}-layer, {old["model"]["hidden_size"]}-wide '
+                  'model with its tokenizer')
+  if not (path(workdir) / METRICS).exists():  # an import's step-0 weights fix nothing more
+    return
+  new = json.loads(config_lib.to_json(config))
+  for key in fixed_keys:
+    a, b = old, new
+    for part in key.split('.'):
+      a, b = (a or {}).get(part), (b or {}).get(part)
+    if a != b:
+      raise UserError(f'{workdir} was trained with {key}={a}, but the config says {b}; '
+                      'use a new --workdir, or the original config to resume')
+
+
+def write_config(config, workdir) -> None:
+  """Records the resolved config, once everything derived from it has been checked."""
+  if jax.process_index() == 0:
+    write_text(path(workdir) / CONFIG, config_lib.to_json(config))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bertjax import config_lib, flops, train
+from bertjax import config_lib, flops
 from bertjax.bench import flax_peer, peers, step, suite
 from bertjax.cli import main
 
@@ -31,7 +31,7 @@ def test_bench_times_the_model_a_real_run_builds():
   config = config_lib.load_config(BENCH + ':local')
   config_lib.apply_overrides(config, ['mesh.data=1', 'data.tokenizer.vocab_size=500'])
   compiled = step.compile_step(config)
-  assert compiled.model_cfg == train.model_config(config, 500)
+  assert compiled.model_cfg == config_lib.model_config(config, 500)
   assert peers._hf_config(config)['vocab_size'] == 500
   assert step.synthetic_batch(config)['input_ids'].max() < 500
 
@@ -39,7 +39,7 @@ def test_bench_times_the_model_a_real_run_builds():
 def test_flops_match_design_figures():
   for model, want in (('base', 0.55e9), ('large', 1.9e9)):
     c = config_lib.load_config(f'{BENCH}:model={model}')
-    got = flops.train_flops_per_token(train.model_config(c, 30522), 128, 20)
+    got = flops.train_flops_per_token(config_lib.model_config(c, 30522), 128, 20)
     assert got == pytest.approx(want, rel=0.02)
 
 

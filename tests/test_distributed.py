@@ -34,7 +34,7 @@ def losses(workdir):
 
 def final_params(workdir):
   config = config_lib.load_workdir_config(workdir)
-  fns = steps.build(config, train.model_config(config, 512),
+  fns = steps.build(config, config_lib.model_config(config, 512),
                     sharding.make_mesh(config.mesh), sharding.rules_from_config(config.mesh))
   _, params = checkpoint.restore_params(workdir, jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), fns.abstract_state['params']))

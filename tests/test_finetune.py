@@ -4,11 +4,10 @@ import json
 import os
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
-from bertjax import config_lib, finetune, train
+from bertjax import config_lib, finetune, train, weights, workdir as workdir_lib
 from bertjax.cli import main
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
@@ -153,7 +152,7 @@ def test_finetune_keeps_the_best_checkpoint_and_logs_it(finetuned):
   assert best['step'] == best_eval['step'] and results['accuracy'] == best_eval['eval_accuracy']
   assert records[-1]['best_accuracy'] == results['accuracy']
   assert os.listdir(os.path.join(workdir, 'best')) == [str(best['step'])]
-  info = finetune.TaskInfo.read(workdir)
+  info = workdir_lib.TaskInfo.read(workdir)
   assert info.kind == 'classify' and info.num_labels == len(info.label_names) == 8
   assert 0.0 <= results['accuracy'] <= 1.0 and {'f1', 'matthews_corr'} <= set(results)
 
@@ -176,8 +175,8 @@ def test_an_interrupted_finetune_resumes_to_the_same_weights(finetuned, tmp_path
   with config.unlocked():
     config.init = config_lib.load_workdir_config(workdir).init
   finetune.finetune_and_evaluate(config, resumed)
-  straight = jax.tree.leaves(finetune.workdir_params(workdir, step=6)[2])
-  again = jax.tree.leaves(finetune.workdir_params(resumed, step=6)[2])
+  straight = list(weights.open_weights(workdir, step=6).tensors.values())
+  again = list(weights.open_weights(resumed, step=6).tensors.values())
   assert all(np.array_equal(a, b) for a, b in zip(straight, again))
 
 

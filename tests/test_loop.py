@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bertjax import checkpoint, config_lib, finetune, loop, reporting, sharding, steps, train
+from bertjax import (checkpoint, config_lib, finetune, init_weights, loop, reporting, sharding,
+                     steps, train)
 from bertjax.cli import main
 from bertjax.errors import UserError
 
@@ -102,7 +103,7 @@ def _damage(step_dir, how):
 
 def _abstract_state(workdir):
   config = workdir_config(workdir)
-  fns = steps.build(config, train.model_config(config, 512), sharding.make_mesh(config.mesh),
+  fns = steps.build(config, config_lib.model_config(config, 512), sharding.make_mesh(config.mesh),
                     sharding.rules_from_config(config.mesh))
   return fns.abstract_state
 
@@ -163,7 +164,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_loses_nothing(old):
 
 def _fixture_model_flags():
   model = workdir_config('pretrain').model
-  return [f'--config.model.{k}={model[k]}' for k in train.ARCHITECTURE_KEYS]
+  return [f'--config.model.{k}={model[k]}' for k in init_weights.ARCHITECTURE_KEYS]
 
 
 # The loop itself, on a one-number "model": NaN and signal stops.

@@ -9,7 +9,7 @@ in:
 - `transformers` 4.x FlaxBertForPreTraining, jitted and donated, in a subprocess
   (`bertjax.bench.flax_peer`; 5.x has no Flax models).
 The peers get the tokenizer's vocabulary, as their users train with it; bertjax gets
-the model its real runs build from it (`train.model_config`).
+the model its real runs build from it (`config_lib.model_config`).
 Rounds interleave the systems so machine noise hits all alike; each system's figure
 is its median over rounds. A peer that cannot run here gets a row saying why.
 """
@@ -20,12 +20,12 @@ import time
 
 import numpy as np
 
-from bertjax import train
+from bertjax import config_lib
 from bertjax.bench import flax_peer, step
 
 
 def _hf_config(config) -> dict:
-  m = train.model_config(config, config.data.tokenizer.vocab_size)
+  m = config_lib.model_config(config, config.data.tokenizer.vocab_size)
   return dict(vocab_size=config.data.tokenizer.vocab_size, hidden_size=m.hidden_size,
               num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
               intermediate_size=m.intermediate_size,

@@ -19,7 +19,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from bertjax import flops, sharding, steps, train
+from bertjax import config_lib, flops, sharding, steps
 from bertjax.models.bert import BertConfig
 
 
@@ -54,7 +54,7 @@ def compile_step(config) -> CompiledStep:
   rules = sharding.rules_from_config(config.mesh)
   # The real run's own model config (vocabulary handling included), so the step timed
   # is the step a run compiles.
-  model_cfg = train.model_config(config, config.data.tokenizer.vocab_size)
+  model_cfg = config_lib.model_config(config, config.data.tokenizer.vocab_size)
   fns = steps.build(config, model_cfg, mesh, rules)
   with sharding.activate(mesh, rules):
     state = fns.init(jax.random.key(0))

@@ -20,9 +20,8 @@ import shutil
 
 import jax
 import numpy as np
-from flax import nnx
 
-from bertjax import checkpoint, config_lib, finetune, reporting, sharding, steps, train
+from bertjax import config_lib, finetune, reporting, sharding, steps, train, weights
 from bertjax.compare.report import (VariantResult, format_table, loss_curve_from_metrics,
                                     write_report)
 from bertjax.data import masking, pipeline, tokenizer as tokenizer_lib
@@ -79,12 +78,12 @@ def held_out_mlm_accuracy(config, workdir: str, kind: str) -> float:
   c.data.masking.kind = kind
   data = pipeline.build(c.data, batch_size=c.train.batch_size, eval_batches=c.train.eval_batches,
                         seed=c.seed, workdir=workdir)
-  model_cfg = train.model_config(c, data.tokenizer.vocab_size)
+  model_cfg = config_lib.model_config(c, data.tokenizer.vocab_size)
   mesh, rules = sharding.make_mesh(c.mesh), sharding.rules_from_config(c.mesh)
   fns = steps.build(c, model_cfg, mesh, rules)
-  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
-      lambda: steps.pretraining(model_cfg).build_model(jax.random.key(0)))))
-  _, params = checkpoint.restore_params(workdir, abstract)
+  source = weights.open_weights(workdir)
+  params, _ = weights.transplant(source, weights.initial_params('pretraining', model_cfg),
+                                 'pretraining')
   with sharding.activate(mesh, rules):
     params = jax.device_put(params, fns.state_sharding['params'])
     return train.evaluate(fns, params, data)['mlm_accuracy']

@@ -85,15 +85,13 @@ def ensure(directory: str, wanted: dict, *, started: bool, make: Callable[[str],
         '--workdir (or the original setting to resume)')
   if cannot_make and (existing is None or key is not None):
     raise UserError(cannot_make)
-  _sync('tokenizer read')
+  sync('tokenizer read')
   if jax.process_index() == 0 and (existing is None or key is not None):
     if key is not None:
       reporting.log(f'replacing {directory}: it was derived with {key}='
                     f'{record.get(key)!r}, the config says {wanted.get(key)!r}, and no '
                     'training has happened in this workdir')
-      for name in (*_TOKENIZER_FILES, RECORD):
-        if os.path.exists(os.path.join(directory, name)):
-          os.remove(os.path.join(directory, name))
+      remove(directory)
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, RECORD + '.tmp')
     with open(tmp, 'w', encoding='utf-8') as f:
@@ -102,11 +100,18 @@ def ensure(directory: str, wanted: dict, *, started: bool, make: Callable[[str],
     # alone, which the next run treats as no tokenizer at all.
     os.replace(tmp, os.path.join(directory, RECORD))
     make(directory)
-  _sync('tokenizer')
+  sync('tokenizer')
   return tokenizer_lib.load(directory)
 
 
-def _sync(name: str):
+def remove(directory: str) -> None:
+  """Removes a tokenizer and its record (what `ensure` and `tokenizer.save` write)."""
+  for name in (*_TOKENIZER_FILES, RECORD):
+    if os.path.exists(os.path.join(directory, name)):
+      os.remove(os.path.join(directory, name))
+
+
+def sync(name: str):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
