@@ -13,6 +13,7 @@ ending with one line on how to fix it (`check_writable`).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -151,14 +152,10 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 def _check_gcs_client(path: str) -> None:
-  try:
-    import gcsfs  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
-    try:
-      import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    except ImportError:
-      raise UserError(f'{path}: reading and writing gs:// needs gcsfs: '
-                      "pip install 'bertjax[gcs]'") from None
+  """epath opens gs:// with tf.io.gfile where TensorFlow is installed, else gcsfs."""
+  if importlib.util.find_spec('gcsfs') is None and importlib.util.find_spec('tensorflow') is None:
+    raise UserError(f'{path}: reading and writing gs:// needs gcsfs: '
+                    "pip install 'bertjax[gcs]'")
 
 
 def _check_reachable(path: str, endpoint: str, timeout: float = 10.0) -> None:
@@ -186,7 +183,9 @@ def _explain(path: str, scheme: str, e: Exception) -> str:
   """
   bucket = urllib.parse.urlsplit(path).netloc if scheme else ''
   code = getattr(e, 'code', None)
-  text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  lines = str(e).strip().splitlines() or [type(e).__name__]
+  # gcsfs's 403 reads 'Forbidden: URL' then GCS's reason: who lacks which permission
+  text = lines[-1] if lines[0].startswith('Forbidden') else lines[0]
   auth_fix = ('run `gcloud auth application-default login` or set '
               'GOOGLE_APPLICATION_CREDENTIALS to a service-account key file; on a TPU/GCE VM '
               "give the VM's service account access to the bucket")
@@ -196,7 +195,7 @@ def _explain(path: str, scheme: str, e: Exception) -> str:
               f'(gcloud storage buckets create gs://{bucket}) or fix the path')
     if code in (401, '401') or type(e).__name__ in ('DefaultCredentialsError', 'RefreshError'):
       return f'{path}: no usable Google Cloud credentials ({text}): {auth_fix}'
-    if code in (403, '403') or text.startswith('Forbidden'):
+    if code in (403, '403') or lines[0].startswith('Forbidden'):
       return (f'{path}: the credentials in use may not write to gs://{bucket} ({text}): '
               f'grant them roles/storage.objectAdmin on the bucket, or {auth_fix}')
   if isinstance(e, PermissionError):

@@ -1,9 +1,10 @@
 """TensorBoard scalars to a local directory or a URL (`gs://...`).
 
-tensorboardX's own gs:// writer is not used: without google-cloud-storage it fails
-on the first event ('GCSRecordWriter' object has no attribute 'buffer', from
-`__del__` after the ImportError), and with it, it re-uploads its whole buffer from
-`__del__` at exit, retrying for minutes when the endpoint is gone. Instead events
+tensorboardX's own gs:// writer is not used: without google-cloud-storage its
+constructor raises ImportError and its `__del__` then fails with 'GCSRecordWriter'
+object has no attribute 'buffer'; with it, against the emulator, the event file
+kept only the first of six scalars, and `__del__` uploads again at exit, retrying
+for 120 s when the endpoint is gone. Instead events
 are written by tensorboardX's plain file writer into a local staging directory, and
 each flush uploads the event file whole through epath (the same gcsfs client as the
 rest of the workdir). An object upload is atomic and the file only grows, so

@@ -1,6 +1,7 @@
 """gs:// workdirs against a real GCS emulator (fake-gcs-server, see gcs_emulator.py):
-epath, orbax + grain checkpoints, TensorBoard events, staged files, the metrics log,
-atomic writes, and the one-line errors for a storage that cannot be written."""
+epath, orbax + grain checkpoints, the JAX compilation cache, TensorBoard events,
+staged files, the metrics log, atomic writes, and the one-line errors for a storage
+that cannot be written."""
 from __future__ import annotations
 
 # First: it keeps google-auth off the GCE metadata server, which it reads on import.
@@ -52,15 +53,51 @@ def test_epath_reads_writes_lists_globs_renames_deletes(root):
   assert not (base / 'd').exists()
 
 
-def test_listing_sees_what_another_process_wrote(root):
-  """A resumed run or another host lists a workdir after others wrote to it."""
+_CHILD = """
+import sys
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from etils import epath
+epath.Path(sys.argv[1] + '/second').write_text('2')
+with ocp.CheckpointManager(sys.argv[1] + '/ckpt',
+                           options=ocp.CheckpointManagerOptions(create=True)) as m:
+  m.save(5, args=ocp.args.StandardSave({'w': jnp.arange(3.0)}))
+"""
+
+
+def test_a_subprocess_reaches_the_emulator_and_this_process_sees_its_writes(root):
+  """What a resumed run, or another host, does: gcsfs and tensorstore in a child
+  process find the emulator through the inherited variables, and a listing made
+  here before the child wrote does not hide what it wrote."""
   base = storage.as_path(root)
   (base / 'first').write_text('1')
   assert [p.name for p in base.iterdir()] == ['first']
-  subprocess.run([sys.executable, '-c', 'import sys; from etils import epath; '
-                  'epath.Path(sys.argv[1]).write_text("2")', f'{root}/second'],
-                 check=True, timeout=120)
-  assert sorted(p.name for p in base.iterdir()) == ['first', 'second']
+  subprocess.run([sys.executable, '-c', _CHILD, root], check=True, timeout=300)
+  assert sorted(p.name for p in base.iterdir()) == ['ckpt', 'first', 'second']
+  with ocp.CheckpointManager(f'{root}/ckpt') as m:
+    assert m.latest_step() == 5
+    restored = m.restore(5, args=ocp.args.StandardRestore(
+        {'w': jax.ShapeDtypeStruct((3,), jnp.float32)}))
+  np.testing.assert_array_equal(restored['w'], [0.0, 1.0, 2.0])
+
+
+_COMPILE = """
+import sys
+import jax
+import jax.numpy as jnp
+jax.config.update('jax_compilation_cache_dir', sys.argv[1])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+jax.jit(lambda x: x * 2 + 1)(jnp.arange(3.0)).block_until_ready()
+"""
+
+
+def test_jax_compilation_cache_writes_to_gcs(root):
+  """JAX opens a non-local cache directory through epath: no staging needed."""
+  subprocess.run([sys.executable, '-c', _COMPILE, f'{root}/compile_cache'], check=True,
+                 timeout=300)
+  assert any(p.name.startswith('jit__lambda-') and p.name.endswith('-cache')
+             for p in epath.Path(f'{root}/compile_cache').iterdir())
 
 
 def test_orbax_saves_and_restores_state_and_grain_iterator(root):
@@ -239,37 +276,61 @@ def test_check_writable_names_an_unreachable_endpoint(gcs_bucket, monkeypatch): 
     storage.check_writable(f'{gcs_bucket}/run')
 
 
-class _NoCredentialsHandler(http.server.BaseHTTPRequestHandler):
-  """Answers like GCS does to an anonymous caller (what gcsfs falls back to when it
-  finds no credentials)."""
+def _denying_server(status: int, message: str) -> http.server.ThreadingHTTPServer:
+  """A local endpoint that answers every request as GCS answers a caller it refuses:
+  401 to an anonymous one (what gcsfs falls back to when it finds no credentials),
+  403 to one whose credentials lack access."""
+  body = json.dumps({'error': {'code': status, 'message': message}}).encode()
 
-  def _deny(self):
-    body = json.dumps({'error': {'code': 401, 'message': (
-        'Anonymous caller does not have storage.objects.create access to the Google '
-        'Cloud Storage object.')}}).encode()
-    self.send_response(401)
-    self.send_header('Content-Type', 'application/json')
-    self.send_header('Content-Length', str(len(body)))
-    self.end_headers()
-    self.wfile.write(body)
+  class Handler(http.server.BaseHTTPRequestHandler):
+    def _deny(self):
+      self.send_response(status)
+      self.send_header('Content-Type', 'application/json')
+      self.send_header('Content-Length', str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
 
-  do_GET = do_POST = do_PUT = do_DELETE = _deny
+    do_GET = do_POST = do_PUT = do_DELETE = _deny
 
-  def log_message(self, *args):
-    pass
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  return server
 
 
-def test_check_writable_names_missing_credentials(monkeypatch):
-  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _NoCredentialsHandler)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
+@pytest.mark.parametrize('status, message, expected', [
+    (401, 'Anonymous caller does not have storage.objects.create access to the Google '
+          'Cloud Storage object.',
+     r'no usable Google Cloud credentials .*gcloud auth application-default login'),
+    (403, 'sa@p.iam.gserviceaccount.com does not have storage.objects.create access.',
+     r'the credentials in use may not write to gs://some-bucket .*roles/storage.objectAdmin'),
+])
+def test_check_writable_names_missing_credentials_and_access(monkeypatch, status, message,
+                                                             expected):
+  server = _denying_server(status, message)
   try:
     monkeypatch.setenv('STORAGE_EMULATOR_HOST', f'http://127.0.0.1:{server.server_port}')
     import fsspec.config  # pylint: disable=import-outside-toplevel
     monkeypatch.setitem(fsspec.config.conf.setdefault('gcs', {}), 'token', 'anon')
-    with pytest.raises(UserError, match=r'no usable Google Cloud credentials .*'
-                                        r'gcloud auth application-default login'):
+    with pytest.raises(UserError, match=expected):
       storage.check_writable('gs://some-bucket/run')
   finally:
     server.shutdown()
     server.server_close()
+
+
+def test_check_writable_says_to_install_gcsfs(monkeypatch):
+  real_find_spec = storage.importlib.util.find_spec
+  monkeypatch.setattr(storage.importlib.util, 'find_spec', lambda name, *a: (
+      None if name in ('gcsfs', 'tensorflow') else real_find_spec(name, *a)))
+  with pytest.raises(UserError, match=r"gs:// needs gcsfs: pip install 'bertjax\[gcs\]'"):
+    storage.check_writable('gs://some-bucket/run')
+
+
+def test_check_writable_names_a_local_path_it_cannot_create(tmp_path):
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(UserError, match=r'cannot write there \(.*Error'):
+    storage.check_writable(tmp_path / 'file' / 'run')
+  assert (tmp_path / 'file').read_text() == 'x'
