@@ -91,7 +91,7 @@ def local_copy(path: str | os.PathLike, cache_dir: str | None = None) -> str:
   except FileNotFoundError:
     raise UserError(f'{path} does not exist: check the path') from None
   if info['type'] == 'directory':
-    files = {name: meta for name, meta in fs.find(root, detail=True).items()}
+    files = fs.find(root, detail=True)
   else:
     files = {root: info}
   signature = sorted((os.path.relpath(name, root), meta.get('size'), _version(meta))
