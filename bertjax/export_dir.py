@@ -17,7 +17,7 @@ import uuid
 
 from etils import epath
 
-from bertjax import workdir as workdir_lib
+from bertjax import storage
 from bertjax.errors import UserError
 
 MANIFEST = 'bertjax_export.json'
@@ -51,9 +51,9 @@ def check_complete(directory) -> None:
 
 def check_target(out, *, workdir=None) -> epath.Path:
   """The export target, if writing there loses nothing; else one line saying why."""
-  target = workdir_lib.path(out)
+  target = storage.as_path(out)
   if workdir is not None:
-    source = workdir_lib.path(workdir)
+    source = storage.as_path(workdir)
     if _inside(source, target):
       what = 'the workdir itself' if os.fspath(source) == os.fspath(target) else (
           f'a parent of the workdir {workdir}')
@@ -87,13 +87,13 @@ def write(out, files: dict[str, bytes], *, workdir=None, about: dict | None = No
     target.mkdir(exist_ok=True)
     manifest = dict(format='bertjax-export', files=sorted(files), written=time.time(),
                     **(about or {}))
-    workdir_lib.write_text(target / MANIFEST, json.dumps({**manifest, 'complete': False}))
+    storage.write_atomic(target / MANIFEST, json.dumps({**manifest, 'complete': False}))
     for name in files:
       (stage / name).replace(target / name)
     for name in (previous or {}).get('files', ()):
       if name not in files and (target / name).exists():
         (target / name).unlink()  # written by the earlier export, not part of this one
-    workdir_lib.write_text(target / MANIFEST,
+    storage.write_atomic(target / MANIFEST,
                            json.dumps({**manifest, 'complete': True}, indent=2))
   except OSError as e:
     raise UserError(f'cannot write the export to {out}: {e.strerror or e}; fix that and '

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 
 from bertjax import (checkpoint, config_checks, config_lib, evaluate, flops, init_weights, loop,
-                     reporting, run_lock, sharding, steps, train, workdir as workdir_lib)
+                     reporting, run_lock, sharding, steps, storage, train,
+                     workdir as workdir_lib)
 from bertjax.data import embedded_tasks
 from bertjax.errors import UserError
 from bertjax.tasks import registry
@@ -161,5 +162,5 @@ def _read_best(workdir: str) -> dict | None:
 
 def _write_best(workdir: str, best: dict) -> None:
   if jax.process_index() == 0:
-    workdir_lib.write_text(workdir_lib.path(workdir) / workdir_lib.BEST_METRICS,
+    storage.write_atomic(workdir_lib.path(workdir) / workdir_lib.BEST_METRICS,
                            json.dumps(best, indent=2))

@@ -12,7 +12,7 @@ import json
 import os
 
 from bertjax import (checkpoint, config_lib, export_dir, hf, hf_weights, reporting, run_lock,
-                     weights as weights_lib, workdir as workdir_lib)
+                     storage, weights as weights_lib, workdir as workdir_lib)
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.models.bert import BertConfig
@@ -51,7 +51,7 @@ def import_hf(src: str, workdir: str) -> list[str]:
     tokenizer_lib.save(tok, os.fspath(target / workdir_lib.TOKENIZER))
     checkpoint.save_params(workdir, 0, params)
     # Written last: config.json is what makes the directory a workdir.
-    workdir_lib.write_text(target / workdir_lib.CONFIG, config_lib.to_json(config))
+    storage.write_atomic(target / workdir_lib.CONFIG, config_lib.to_json(config))
   reporting.log(f'imported {src} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, '
                 f'vocab {cfg.vocab_size}) into {workdir}')
   return initialised

@@ -14,7 +14,7 @@ import os
 
 import jax
 
-from bertjax import reporting, weights, workdir as workdir_lib
+from bertjax import reporting, storage, weights, workdir as workdir_lib
 from bertjax.data import derived_tokenizer, tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
@@ -62,7 +62,7 @@ def adopt_tokenizer(init: str, workdir: str) -> tokenizer_lib.Tokenizer:
     if os.path.exists(record_path):
       os.remove(record_path)
     tokenizer_lib.save(weights.open_tokenizer(init), directory)
-    workdir_lib.write_text(workdir_lib.path(record_path), json.dumps(wanted))
+    storage.write_atomic(workdir_lib.path(record_path), json.dumps(wanted))
   derived_tokenizer.sync('tokenizer adopted')
   return tokenizer_lib.load(directory)
 

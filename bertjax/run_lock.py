@@ -26,7 +26,7 @@ import uuid
 import jax
 import numpy as np
 
-from bertjax import workdir as workdir_lib
+from bertjax import storage, workdir as workdir_lib
 from bertjax.errors import UserError
 
 HEARTBEAT_SECONDS = 30.0
@@ -132,7 +132,7 @@ class RunLock:
     self._held = False
 
   def __enter__(self) -> 'RunLock':
-    if workdir_lib.is_url(workdir_lib.path(self.workdir)):
+    if storage.is_url(workdir_lib.path(self.workdir)):
       logging.warning('%s is not locked: run locks on URL workdirs are not supported '
                       'yet; make sure no other run uses it', self.workdir)
       return self

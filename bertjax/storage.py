@@ -21,14 +21,18 @@ import socket
 import urllib.parse
 import uuid
 
-import fsspec
 from etils import epath
 
 from bertjax.errors import UserError
 
-# A workdir is shared by hosts and by the runs that resume it: a listing gcsfs cached
-# would hide what another process wrote since (a checkpoint, a log segment).
-fsspec.config.conf.setdefault('gcs', {}).setdefault('use_listings_cache', False)
+try:
+  import fsspec
+except ImportError:  # only gs:// needs it (the gcs extra); local paths do not
+  pass
+else:
+  # A workdir is shared by hosts and by the runs that resume it: a listing gcsfs cached
+  # would hide what another process wrote since (a checkpoint, a log segment).
+  fsspec.config.conf.setdefault('gcs', {}).setdefault('use_listings_cache', False)
 
 _GCS_ENDPOINT = 'https://storage.googleapis.com'
 
@@ -62,6 +66,9 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, target)
+  except OSError as e:
+    raise UserError(f'cannot write {target}: {e.strerror or e}; what was there is kept '
+                    'unchanged') from None
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

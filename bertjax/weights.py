@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from bertjax import checkpoint, config_lib, export_dir, hf, hf_weights, reporting
-from bertjax import workdir as workdir_lib
+from bertjax import storage, workdir as workdir_lib
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.models import heads
@@ -71,7 +71,7 @@ def open_weights(path: str, step: int | None = None) -> Weights:
   workdir gives its best weights (or checkpoint `step`), in its task's head kind."""
   if workdir_lib.is_workdir(path):
     return _open_workdir(path, step)
-  if not os.path.isdir(path) and not workdir_lib.is_url(path):
+  if not os.path.isdir(path) and not storage.is_url(path):
     raise UserError(f'{path} is not a directory; point at a bertjax workdir or a Hugging '
                     'Face model directory')
   if step is not None:

@@ -23,7 +23,7 @@ import uuid
 import jax
 from etils import epath
 
-from bertjax import config_lib, reporting
+from bertjax import config_lib, reporting, storage
 from bertjax.errors import UserError
 
 CONFIG = 'config.json'
@@ -40,12 +40,7 @@ LOCK = '.lock'
 
 def path(workdir: str | os.PathLike) -> epath.Path:
   """The workdir as an absolute epath (URLs such as gs:// stay as they are)."""
-  p = epath.Path(workdir)
-  return p if is_url(p) else epath.Path(os.path.abspath(os.fspath(p)))
-
-
-def is_url(p: str | os.PathLike) -> bool:
-  return '://' in os.fspath(p)
+  return storage.as_path(workdir)
 
 
 def create(workdir: str | os.PathLike) -> epath.Path:
@@ -85,23 +80,6 @@ def is_finetuned(workdir: str | os.PathLike) -> bool:
   return (path(workdir) / TASK).exists()
 
 
-def write_text(target: epath.Path, text: str) -> None:
-  """Writes a small file whole or not at all: a local file through a temporary
-  sibling renamed over it; an object store writes objects atomically already."""
-  target = epath.Path(target)
-  if is_url(target):
-    target.write_text(text)
-    return
-  tmp = target.parent / f'.{target.name}.{uuid.uuid4().hex}.tmp'
-  try:
-    tmp.write_text(text)
-    os.replace(tmp, target)
-  except OSError as e:
-    if tmp.exists():
-      tmp.unlink()
-    raise UserError(f'cannot write {target}: {e.strerror or e}') from None
-
-
 def read_json(target: epath.Path) -> dict:
   try:
     return json.loads(epath.Path(target).read_text())
@@ -126,7 +104,7 @@ class TaskInfo:
   def write(self, workdir: str | os.PathLike) -> None:
     if jax.process_index() != 0:
       return
-    write_text(path(workdir) / TASK, json.dumps(dataclasses.asdict(self), indent=2))
+    storage.write_atomic(path(workdir) / TASK, json.dumps(dataclasses.asdict(self), indent=2))
 
 
 def check_config(config, workdir, fixed_keys) -> None:
@@ -160,4 +138,4 @@ def check_config(config, workdir, fixed_keys) -> None:
 def write_config(config, workdir) -> None:
   """Records the resolved config, once everything derived from it has been checked."""
   if jax.process_index() == 0:
-    write_text(path(workdir) / CONFIG, config_lib.to_json(config))
+    storage.write_atomic(path(workdir) / CONFIG, config_lib.to_json(config))
