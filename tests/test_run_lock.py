@@ -71,3 +71,27 @@ def test_unlock_command(tmp_path, capsys):
   assert not (tmp_path / '.lock').exists()
   assert main(['unlock', '--workdir', str(tmp_path)]) == 0
   assert 'was not locked' in capsys.readouterr().out
+
+
+def test_a_second_train_on_a_busy_workdir_exits_at_once(tmp_path, capsys):
+  from conftest import ROOT
+  workdir = str(tmp_path / 'run')
+  quickstart = os.path.join(ROOT, 'experiments', 'quickstart.py') + ':local'
+  first = subprocess.Popen(
+      [sys.executable, '-m', 'bertjax', 'train', '--config', quickstart, '--workdir', workdir,
+       '--config.train.steps=100000'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while run_lock.read_holder(workdir) is None:
+      assert first.poll() is None and time.time() < deadline
+      time.sleep(0.2)
+    started = time.time()
+    assert main(['train', '--config', quickstart, '--workdir', workdir]) == 2
+    err = capsys.readouterr().err
+    assert f'in use by `bertjax train --config {quickstart}' in err and err.count('\n') == 1
+    assert time.time() - started < 30  # at once: before any data or model work
+  finally:
+    first.kill()
+    first.wait()
+  with run_lock.RunLock(workdir):  # the killed run's lock is stale on this host
+    pass
