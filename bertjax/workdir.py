@@ -115,6 +115,11 @@ def check_config(config, workdir, fixed_keys) -> None:
   if not target.exists():
     return
   old = read_json(target)
+  if ('task' in old) != ('task' in config):
+    kinds = ('a fine-tuning', 'a pre-training') if 'task' in old else ('a pre-training',
+                                                                       'a fine-tuning')
+    raise UserError(f'{workdir} is {kinds[0]} workdir but the config is {kinds[1]} one; use '
+                    'a new --workdir (fine-tune from this one with --config.init)')
   if old.get('init') and not config.init:
     with config.unlocked():
       config.init = old['init']
