@@ -97,11 +97,11 @@ def _model(c, prefix: str) -> None:
   if m.preset != 'custom':
     _choice(key + 'preset', m.preset, tuple(config_lib.MODEL_PRESETS))
     named = config_lib.model_preset(m.preset)
-    differ = [k for k in config_lib.PRESET_KEYS if m[k] != named[k]]
-    if differ and not c.init:  # with init, the weights fix the sizes
-      raise UserError(f'{key}preset={m.preset!r} has {differ[0]}={named[differ[0]]}, but '
-                      f'{key}{differ[0]}={m[differ[0]]}; set {key}preset=\'custom\' for '
-                      'sizes of your own')
+    # Sizes an experiment file set itself (or a workdir written before presets were
+    # checked) make the model custom: the name written to config.json and the logs
+    # must not claim a preset the model is not. With init, the weights fix the sizes.
+    if not c.init and any(m[k] != named[k] for k in config_lib.PRESET_KEYS):
+      m.preset = 'custom'
   for name in config_lib.PRESET_KEYS:
     _at_least(key + name, m[name], 1)
   if m.hidden_size % m.num_heads:
