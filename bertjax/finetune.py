@@ -99,7 +99,7 @@ def _finetune(config, workdir: str, profile: bool) -> dict[str, float]:
 
   def start_fresh(_):
     # Heads `init` lacks keep these freshly initialised values.
-    fresh = jax.device_get(fns.init(jax.random.key(config.seed))['params'])
+    fresh = fns.init(jax.random.key(config.seed))['params']
     params = init_weights.initial_params(config.init, fresh, task.MODEL_KIND, info.num_labels)
     reporting.log(f'fine-tuning {config.init} on {train_split.source}: {len(train_split)} '
                   f'training rows, {len(eval_split)} eval rows, {n_steps} steps of '
