@@ -17,6 +17,7 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -259,3 +260,71 @@ def _get(tree, path):
   for key in path:
     tree = tree[key]
   return tree
+
+
+def place_hf(path: str, fresh, kind: str, num_labels: int = 2):
+  """`fresh` (the run's freshly initialised params: jax.Arrays on its mesh) with the
+  weights of the Hugging Face directory at `path` placed straight onto their
+  shardings (`jax.make_array_from_callback`): each process reads from
+  model.safetensors only what its own devices hold: the slices of embeddings, layer
+  norms and biases, whole `transformers` Linear weights (their layout is transposed
+  from ours) one at a time. The refusals are `transplant`'s, checked on the file's
+  shapes before any read. Returns (params, initialised).
+  """
+  from safetensors import safe_open
+  export_dir.check_complete(path)
+  cfg, raw = hf.read_hf_config(path)
+  layers = cfg.num_layers
+  bare = kind == 'encoder'
+  rooted = {'bert': fresh} if bare else fresh
+  with safe_open(os.path.join(path, 'model.safetensors'), 'np') as file:
+    shapes = {n: tuple(file.get_slice(n).get_shape()) for n in file.keys()
+              if n not in hf._IGNORED}
+    structs = {n: jax.ShapeDtypeStruct(s, np.float32) for n, s in shapes.items()}
+    source_kind = hf.checkpoint_kind(structs, raw)
+    labels = hf.num_labels(structs, source_kind)
+    # Weights names a bare encoder's tensors under 'bert.' like the other kinds.
+    stored = {(f'bert.{n}' if source_kind == 'encoder' else n): n for n in shapes}
+    source = Weights(path, source_kind, cfg, {}, labels)
+    used, initialised = _fit(source, {n: shapes[f] for n, f in stored.items()}, rooted, kind,
+                             num_labels)
+    layouts = {('bert.' if bare else '') + n: (p, layout)
+               for n, p, layout in hf_weights.name_map(kind, layers)}
+    for name in used:
+      target_path, layout = layouts[name]
+      target = _get(rooted, target_path)
+      rooted = _put(rooted, target_path,
+                    _place(file, stored[name], layout, target, cfg.vocab_size))
+  return (rooted['bert'] if bare else rooted), initialised
+
+
+def _place(file, name: str, layout, target, vocab_size: int):
+  """One safetensors tensor in `target`'s shape, dtype and sharding."""
+  if layout[0] == 'dense':  # (out, in) -> our (*in, *out): read whole, once
+    whole = np.asarray(file.get_tensor(name)).T.reshape(target.shape)
+    return jax.make_array_from_callback(target.shape, target.sharding,
+                                        lambda index: whole[index].astype(target.dtype))
+  tensor = file.get_slice(name)
+  if layout[0] != 'vocab':  # the same layout (a bias flattened: reshape the slice)
+    flat_bias = len(target.shape) > 1 and len(tensor.get_shape()) == 1
+    def read(index):
+      if flat_bias:
+        return np.asarray(tensor[:]).reshape(target.shape)[index].astype(target.dtype)
+      return np.asarray(tensor[index]).astype(target.dtype)
+    return jax.make_array_from_callback(target.shape, target.sharding, read)
+
+  # The vocabulary: the file's rows, then the target's own padding rows.
+  def rows(index):
+    wanted = index[0]
+    start, stop, _ = wanted.indices(target.shape[0])
+    got = np.asarray(tensor[start:min(stop, vocab_size)]) if start < vocab_size else None
+    out = np.zeros((stop - start, *target.shape[1:]), np.float32)
+    if got is not None:
+      out[:len(got)] = got
+    return out[(slice(None), *index[1:])].astype(target.dtype)
+  loaded = jax.make_array_from_callback(target.shape, target.sharding, rows)
+  keep_padding = jax.jit(
+      lambda real, fresh: jnp.where(
+          jax.lax.broadcasted_iota(jnp.int32, fresh.shape, 0) < vocab_size, real, fresh),
+      out_shardings=target.sharding)
+  return keep_padding(loaded, target)
