@@ -112,7 +112,8 @@ def _items(mngr: ocp.CheckpointManager, step: int) -> set[str]:
 
 def restore_params(workdir: str, abstract_params, step: int | None = None, *,
                    subdir: str = 'checkpoints'):
-  """(step, params) from a workdir's checkpoint, full or params-only."""
+  """(step, params) from a workdir's checkpoint, full or params-only: the leaves of
+  `abstract_params` (a subtree is enough), each onto its sharding where it has one."""
   with manager(workdir, keep=1 << 30, subdir=subdir) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None or step not in mngr.all_steps():
@@ -127,18 +128,24 @@ def restore_params(workdir: str, abstract_params, step: int | None = None, *,
 
 
 def _restore_params_step(mngr, step, abstract_params):
-  if 'params' in _items(mngr, step):
-    saved = _as_saved(abstract_params, _saved_vocab_rows(mngr, step, 'params'))
-    return _padded(mngr.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(saved)))['params'], abstract_params)
-  # A full train state: restore it whole onto one device, as saved, and keep the
-  # params; the optimizer config that shaped the rest is not needed for that.
+  """Reads only the params (of a params-only checkpoint or a full train state), and of
+  them only the leaves `abstract_params` holds: each onto its leaf's sharding where it
+  has one (every process reads just its own shards), else onto this process's first
+  device. Optimizer moments are never read."""
+  item = 'params' if 'params' in _items(mngr, step) else 'state'
+  saved = _as_saved(abstract_params, _saved_vocab_rows(mngr, step, item))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        mngr.item_metadata(step)['state'])
-  state = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))['state']
-  return _match(abstract_params, state['params'])
+  saved = jax.tree.map(lambda a: a if getattr(a, 'sharding', None) is not None else
+                       jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), saved)
+  target = saved if item == 'params' else {'params': saved}
+  # StandardRestore reads every leaf; the PyTree handler behind it (same format) can
+  # leave out what the target omits.
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+    restored = ckptr.restore(mngr.directory / str(step) / item, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  params = restored if item == 'params' else restored['params']
+  return _padded(_match(abstract_params, params), abstract_params)
 
 
 def _match(reference, tree):

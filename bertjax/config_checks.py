@@ -12,7 +12,7 @@ import json
 import jax
 from etils import epath
 
-from bertjax import config_lib, optim
+from bertjax import config_lib, optim, sharding
 from bertjax.data import instances, masking, text_files
 from bertjax.errors import UserError
 from bertjax.models import attention
@@ -47,6 +47,7 @@ def validate_pretrain(c, prefix: str) -> None:
   _at_least(prefix + 'train.eval_every', t.eval_every, 0)
   _common_train(t, prefix)
   _optim(c.optim, prefix)
+  _mesh(c, prefix)
   _choice(prefix + 'data.sentence_objective', d.sentence_objective, instances.OBJECTIVES)
   if d.packing:
     low, why = MIN_PACKED_SEQ_LEN, 'packed rows'
@@ -87,6 +88,7 @@ def validate_finetune(c, prefix: str, needs_init: bool = True) -> None:
   _at_least(prefix + 'train.eval_every', t.eval_every, 0)
   _common_train(t, prefix)
   _optim(c.optim, prefix)
+  _mesh(c, prefix)
   _seq_len(prefix + 'task.seq_len', c.task.seq_len, MIN_TASK_SEQ_LEN, '[CLS] text [SEP]', c,
            prefix)
 
@@ -118,6 +120,14 @@ def _model(c, prefix: str) -> None:
   if m.attention == 'cudnn' and not _nvidia_gpu():
     raise UserError(f'{key}attention=\'cudnn\' needs an NVIDIA GPU, but JAX runs on '
                     f'{jax.devices()[0].device_kind}; pass --config.{key}attention=xla')
+
+
+def _mesh(c, prefix: str) -> None:
+  """Rule names and the slice count; sizes against devices are checked at mesh time."""
+  if 'mesh' not in c:
+    return
+  _at_least(prefix + 'mesh.slices', c.mesh.get('slices', 1), 1)
+  sharding.rules_from_config(c.mesh)
 
 
 def _common_train(t, prefix: str) -> None:

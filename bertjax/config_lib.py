@@ -143,8 +143,7 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   c.optim.clip_norm = 1.0
   c.optim.layer_decay = 1.0  # < 1 scales layer i's rate by decay**(layers + 1 - depth)
 
-  # Mesh axis sizes; -1 takes the devices left over. Logical->mesh rules: sharding.py.
-  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh = mesh_defaults()
   return c
 
 
@@ -184,8 +183,15 @@ def finetune_defaults(kind: str) -> ConfigDict:
   c.optim.decay = 'linear'
   c.optim.clip_norm = 1.0
   c.optim.layer_decay = 1.0
-  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh = mesh_defaults()
   return c
+
+
+def mesh_defaults() -> ConfigDict:
+  """Mesh axis sizes (-1 takes the devices left over); `slices` > 1: TPU multi-slice,
+  data parallel across the slices; `rules`: logical->mesh axis pairs tried before
+  sharding.DEFAULT_RULES, e.g. --config.mesh.rules=embed:fsdp,mlp:tensor."""
+  return ConfigDict(dict(data=-1, fsdp=1, tensor=1, slices=1, rules=()))
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:

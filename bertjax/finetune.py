@@ -10,6 +10,7 @@ uninterrupted one would. After each evaluation the weights with the best
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -32,17 +33,31 @@ def is_finetune_config(config) -> bool:
   return 'task' in config
 
 
-def batch_indices(num_rows: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+def batch_indices(num_rows: int, batch_size: int, step: int, seed: int, *,
+                  part: int = 0, parts: int = 1) -> np.ndarray:
   """The rows of global batch `step`: epochs are permutations seeded by (seed, epoch),
   read in order, a batch crossing into the next epoch where they meet. Shared with
-  the `transformers` side-by-side, which must see the same batches."""
-  flat = np.arange(step * batch_size, (step + 1) * batch_size)
+  the `transformers` side-by-side, which must see the same batches.
+
+  `part` of `parts` (a process of `jax.process_count()`) gives only that share of
+  the batch's positions; the epoch's permutation is built once and kept, so a
+  host's work a step is its own rows.
+  """
+  per_part = batch_size // parts
+  flat = step * batch_size + part * per_part + np.arange(per_part)
   epochs, positions = flat // num_rows, flat % num_rows
-  out = np.empty(batch_size, np.int64)
+  out = np.empty(per_part, np.int64)
   for epoch in np.unique(epochs):
-    perm = np.random.default_rng([seed, int(epoch)]).permutation(num_rows)
-    out[epochs == epoch] = perm[positions[epochs == epoch]]
+    out[epochs == epoch] = epoch_order(num_rows, seed, int(epoch))[positions[epochs == epoch]]
   return out
+
+
+@functools.lru_cache(maxsize=2)  # a batch spans at most two epochs
+def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+  """The order of the rows in `epoch`."""
+  order = np.random.default_rng([seed, epoch]).permutation(num_rows)
+  order.flags.writeable = False
+  return order
 
 
 def total_steps(config, num_rows: int) -> int:
@@ -99,7 +114,7 @@ def _finetune(config, workdir: str, profile: bool) -> dict[str, float]:
 
   def start_fresh(_):
     # Heads `init` lacks keep these freshly initialised values.
-    fresh = jax.device_get(fns.init(jax.random.key(config.seed))['params'])
+    fresh = fns.init(jax.random.key(config.seed))['params']
     params = init_weights.initial_params(config.init, fresh, task.MODEL_KIND, info.num_labels)
     reporting.log(f'fine-tuning {config.init} on {train_split.source}: {len(train_split)} '
                   f'training rows, {len(eval_split)} eval rows, {n_steps} steps of '
@@ -126,8 +141,9 @@ def _finetune(config, workdir: str, profile: bool) -> dict[str, float]:
       _write_best(workdir, best)
 
   def batch(step):
-    rows = batch_indices(len(train_split), config.train.batch_size, step, config.seed)
-    return sharding.global_batch(sharding.process_rows(train_split.features, rows),
+    rows = batch_indices(len(train_split), config.train.batch_size, step, config.seed,
+                         part=jax.process_index(), parts=jax.process_count())
+    return sharding.global_batch({k: v[rows] for k, v in train_split.features.items()},
                                  fns.batch_sharding)
 
   step_flops = (flops.train_flops_per_token(model_cfg, config.task.seq_len, 0)

@@ -4,7 +4,7 @@ A bertjax workdir (pre-trained or fine-tuned: phase 1 for phase 2, or the encode
 fine-tune) or a Hugging Face directory fixes three things of the run: its
 architecture (`adopt_architecture`), its tokenizer (`adopt_tokenizer`, a copy in
 WORKDIR/tokenizer with a record of where it came from) and its first params
-(`initial_params`, through weights.transplant, which refuses holes). Resuming the
+(`initial_params`, restored onto the run's shardings; holes are refused). Resuming the
 workdir's own checkpoint comes before all this: see loop.restore_or_start.
 """
 from __future__ import annotations
@@ -68,7 +68,17 @@ def adopt_tokenizer(init: str, workdir: str) -> tokenizer_lib.Tokenizer:
 
 
 def initial_params(init: str, fresh, kind: str, num_labels: int = 2):
-  """`fresh` (the run's freshly initialised params) with the weights of `init` put in:
-  the encoder, and the head where `init` has one of the same kind."""
-  params, _ = weights.transplant(weights.open_weights(init), fresh, kind, num_labels)
-  return params
+  """`fresh` (the run's freshly initialised params, placed on its mesh) with the
+  weights of `init` put in: the encoder, and the head where `init` has one of the
+  same kind, straight onto the params' shardings (each process reads what its
+  devices hold): a bertjax workdir's checkpoint through orbax, a Hugging Face
+  directory's model.safetensors slice by slice. Elsewhere (e.g. a Hugging Face
+  directory on gs://) the weights are read on the host and placed like `fresh`."""
+  if workdir_lib.is_workdir(init):
+    return weights.restore_sharded(init, fresh, kind, num_labels)[0]
+  if os.path.isfile(os.path.join(init, 'model.safetensors')):
+    return weights.place_hf(init, fresh, kind, num_labels)[0]
+  shardings = jax.tree.map(lambda x: x.sharding, fresh)
+  params, _ = weights.transplant(weights.open_weights(init), jax.device_get(fresh), kind,
+                                 num_labels)
+  return jax.device_put(params, shardings)

@@ -3,7 +3,8 @@
 `build(config, model_cfg, mesh, rules, objective)` returns them as one `Steps`;
 train.py (pre-training) and finetune.py run the loops, tests and benchmarks call the
 same functions. An `Objective` says what is trained: the model, its loss as sums
-and the eval function (pre-training's by default). Params are sharded by their
+and the eval function (pre-training's by default). Gradient accumulation reduces
+across devices once a step, after its micro-batches (see `accumulate`). Params are sharded by their
 logical axis names, optimizer moments like their params, scalars replicated; the
 train step donates the old state (in-place update on device).
 """
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from flax.core import spmd as core_spmd
 
 from bertjax import optim, sharding
 from bertjax.errors import UserError
@@ -103,33 +105,61 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
   graphdef = nnx.graphdef(abstract_model)
   batch_sharding = sharding.batch_sharding(mesh, rules)
 
+  batch_axes = sharding.batch_axes(mesh, rules)
+  params_spec = jax.tree.map(lambda sh: sharding.only_axes(sh.spec, batch_axes),
+                             params_sharding)
+  inner_rules = sharding.without_axes(rules, batch_axes)
+
+  def accumulate(params, batch, dropout_key, counts):
+    """Summed gradients and loss sums of `accum` micro-batches, reduced across devices
+    once. Under shard_map over the batch axes each device runs the micro-batches of
+    its own rows and keeps its partial gradient sum unreduced (full-size: the price
+    of one reduction instead of `accum`); weights sharded over those axes are
+    gathered per micro-batch (FSDP), the sums reduce-scattered back after the loop."""
+    @core_spmd.logical_axis_rules(inner_rules)  # the batch axes are manual in here
+    def local(params, batch, dropout_key, counts):
+      shard = jax.lax.axis_index(batch_axes) if batch_axes else 0
+      full = jax.tree.map(lambda p, spec: _gather(p, spec), params, params_spec)
+      micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
+
+      def body(carry, xs):
+        micro_batch, index = xs
+        # Each device draws its own dropout masks: key (step, micro-batch, shard).
+        key = jax.random.fold_in(jax.random.fold_in(dropout_key, index), shard)
+        return jax.tree.map(jnp.add, carry, micro_grads(full, micro_batch, key, counts)), None
+
+      zeros = jax.eval_shape(micro_grads, full, jax.tree.map(lambda x: x[0], micro),
+                             dropout_key, counts)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+      (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+      grads = jax.tree.map(lambda g, spec: _reduce(g, spec, batch_axes), grads, params_spec)
+      return grads, jax.lax.psum(sums, batch_axes) if batch_axes else sums
+
+    if not batch_axes:  # mesh.rules left the batch whole: nothing to reduce
+      return local(params, batch, dropout_key, counts)
+    P = jax.sharding.PartitionSpec
+    return jax.shard_map(
+        local, mesh=mesh, axis_names=frozenset(batch_axes), check_vma=False,
+        in_specs=(params_spec, P(batch_axes), P(), P()),
+        out_specs=(params_spec, P()))(params, batch, dropout_key, counts)
+
+  def micro_grads(params, micro_batch, key, counts):
+    """Gradients of a micro-batch's share of the whole batch's loss, and its sums."""
+    def loss_fn(p):
+      sums = objective.batch_sums(nnx.merge(graphdef, p), micro_batch, nnx.Rngs(dropout=key))
+      return objective.loss_from_sums(sums, counts), sums
+    return jax.grad(loss_fn, has_aux=True)(params)
+
   def train_step(state, batch):
     # Dropout derives from (seed, step): a resumed run draws the same masks.
     dropout_key = jax.random.fold_in(base_key, state['step'])
     counts = objective.batch_counts(batch)
 
-    def micro_grads(params, micro_batch, micro_index):
-      def loss_fn(p):
-        rngs = nnx.Rngs(dropout=jax.random.fold_in(dropout_key, micro_index))
-        sums = objective.batch_sums(nnx.merge(graphdef, p), micro_batch, rngs)
-        return objective.loss_from_sums(sums, counts), sums
-      return jax.grad(loss_fn, has_aux=True)(params)
-
     if accum == 1:
-      grads, sums = micro_grads(state['params'], batch, 0)
+      grads, sums = micro_grads(state['params'], batch, jax.random.fold_in(dropout_key, 0),
+                                counts)
     else:
-      # Scan over micro-batches, summing gradients of each one's share of the loss:
-      # equal (to float rounding) to one step on the whole batch, in 1/accum memory.
-      micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
-
-      def body(carry, xs):
-        grads, sums = micro_grads(state['params'], *xs)
-        return jax.tree.map(jnp.add, carry, (grads, sums)), None
-
-      zeros = jax.eval_shape(micro_grads, state['params'],
-                             jax.tree.map(lambda x: x[0], micro), 0)
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-      (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+      grads, sums = accumulate(state['params'], batch, dropout_key, counts)
 
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
@@ -155,3 +185,24 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
                           out_shardings=replicated),
         abstract_state=abstract_with_sharding, state_sharding=state_sharding,
         batch_sharding=batch_sharding)
+
+
+def _gather(x, spec):
+  """A weight's whole value on every batch shard (`spec`: its sharding over the
+  manual batch axes)."""
+  for dim, axes in enumerate(spec):
+    if axes is not None:
+      x = jax.lax.all_gather(x, axes, axis=dim, tiled=True)
+  return x
+
+
+def _reduce(g, spec, batch_axes):
+  """Sums a gradient's per-shard partial sums over the batch axes, landing sharded
+  like its weight: reduce-scattered over the axes that shard it, summed over the rest."""
+  scattered = set()
+  for dim, axes in enumerate(spec):
+    if axes is not None:
+      g = jax.lax.psum_scatter(g, axes, scatter_dimension=dim, tiled=True)
+      scattered.update((axes,) if isinstance(axes, str) else axes)
+  rest = tuple(a for a in batch_axes if a not in scattered)
+  return jax.lax.psum(g, rest) if rest else g

@@ -13,9 +13,11 @@ does not carry) keep their fresh values, and the message names them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -92,18 +94,25 @@ def open_weights(path: str, step: int | None = None) -> Weights:
 def _open_workdir(path: str, step: int | None) -> Weights:
   config = config_lib.load_workdir_config(path)
   cfg = config_lib.model_config(config, open_tokenizer(path).vocab_size)
-  kind, labels, names, subdir = 'pretraining', 2, (), workdir_lib.CHECKPOINTS
-  if workdir_lib.is_finetuned(path):
-    info = workdir_lib.TaskInfo.read(path)
-    kind, labels, names = info.model_kind, info.num_labels, info.label_names
-    if step is None and workdir_lib.has_checkpoints(path, workdir_lib.BEST):
-      subdir = workdir_lib.BEST
+  kind, labels, names, subdir = _workdir_kind(path, step)
   step, params = checkpoint.restore_params(path, abstract_params(kind, cfg, labels), step,
                                            subdir=subdir)
   params = jax.tree.map(np.asarray, params)
   tensors = hf_weights.to_hf(params, kind, cfg.num_layers, vocab_size=cfg.vocab_size)
   return Weights(path, kind, cfg, tensors, labels,
                  names, step)
+
+
+def _workdir_kind(path: str, step: int | None = None):
+  """(head kind, labels, label names, checkpoint subdir) of a workdir's weights: a
+  fine-tuned one gives its best weights unless a `step` is asked for."""
+  kind, labels, names, subdir = 'pretraining', 2, (), workdir_lib.CHECKPOINTS
+  if workdir_lib.is_finetuned(path):
+    info = workdir_lib.TaskInfo.read(path)
+    kind, labels, names = info.model_kind, info.num_labels, info.label_names
+    if step is None and workdir_lib.has_checkpoints(path, workdir_lib.BEST):
+      subdir = workdir_lib.BEST
+  return kind, labels, names, subdir
 
 
 def _show(names, limit: int = 4) -> str:
@@ -139,42 +148,183 @@ def transplant(weights: Weights, fresh, kind: str, num_labels: int = 2):
   layers = weights.model_cfg.num_layers
   bare = kind == 'encoder'  # hf_weights names a bare encoder's weights under 'bert'
   rooted = {'bert': fresh} if bare else fresh
-  # The target's padding rows (models pad the vocabulary) are not weights to fill.
-  expected = hf_weights.to_hf(rooted, kind, layers, vocab_size=weights.model_cfg.vocab_size)
+  used, initialised = _fit(weights, {n: tuple(v.shape) for n, v in weights.tensors.items()},
+                           rooted, kind, num_labels)
+  used = {n: weights.tensors[n] for n in used}
   if bare:
+    used = {n[len('bert.'):]: v for n, v in used.items()}
+  params, _ = hf_weights.from_hf(used, rooted, kind, layers)
+  return (params['bert'] if bare else params), initialised
+
+
+def _hf_shapes(rooted, kind: str, layers: int, vocab_size: int) -> dict[str, tuple]:
+  """The shapes `hf_weights.to_hf` would give `rooted`'s leaves, from shapes alone."""
+  out = {}
+  for hf_name, path, layout in hf_weights.name_map(kind, layers):
+    shape = tuple(_get(rooted, path).shape)
+    if layout[0] == 'vocab':
+      shape = (min(vocab_size, shape[0]), *shape[1:])
+    elif layout[0] == 'dense':
+      shape = (math.prod(shape[layout[1]:]), math.prod(shape[:layout[1]]))
+    elif path[-1] == 'bias':
+      shape = (math.prod(shape),)
+    out[hf_name] = shape
+  return out
+
+
+def _fit(weights: Weights, shapes: dict[str, tuple], rooted, kind: str, num_labels: int):
+  """The refusals of `transplant`, on shapes: the source's weights `shapes` (its
+  `transformers` names) against the target `rooted`. Returns (names to copy, names
+  the target initialises fresh)."""
+  layers = weights.model_cfg.num_layers
+  expected = _hf_shapes(rooted, kind, layers, weights.model_cfg.vocab_size)
+  if kind == 'encoder':
     expected = {f'bert.{k}': v for k, v in expected.items()}
   if weights.kind == kind and kind in ('sequence_classification', 'token_classification') and (
       weights.num_labels != num_labels):
     raise UserError(f'{weights.source} has a {weights.num_labels}-label {kind} head but the '
                     f'task has {num_labels} labels; fine-tune from the pre-trained encoder it '
                     'came from instead, or give task.labels the checkpoint\'s labels')
-  tensors = weights.tensors
-  present_groups = {_group(n) for n in tensors} - {None}
-  missing = [n for n in expected if n not in tensors and _group(n) in present_groups | {None}]
-  shapes = [f'{n} is {tuple(tensors[n].shape)}, expected {tuple(expected[n].shape)}'
-            for n in expected if n in tensors and tensors[n].shape != expected[n].shape]
-  unexpected = [n for n in tensors if n not in expected and _group(n) is None]
+  present_groups = {_group(n) for n in shapes} - {None}
+  missing = [n for n in expected if n not in shapes and _group(n) in present_groups | {None}]
+  mis_shaped = [f'{n} is {shapes[n]}, expected {expected[n]}'
+                for n in expected if n in shapes and shapes[n] != expected[n]]
+  unexpected = [n for n in shapes if n not in expected and _group(n) is None]
   problems = []
   if missing:
     problems.append(f'lacks {len(missing)} weight(s) the model needs ({_show(missing)})')
-  if shapes:
-    problems.append(f'has {len(shapes)} mis-shaped weight(s) ({_show(shapes, 2)})')
+  if mis_shaped:
+    problems.append(f'has {len(mis_shaped)} mis-shaped weight(s) ({_show(mis_shaped, 2)})')
   if unexpected:
     problems.append(f'has {len(unexpected)} weight(s) a {layers}-layer BERT does not '
                     f'({_show(unexpected)})')
   if problems:
     raise UserError(f'{weights.source} {"; ".join(problems)}: its weights do not match its '
                     'config; re-export it, or fix config.json (layers, sizes) to match')
-  initialised = sorted(n for n in expected if n not in tensors)
-  dropped = sorted(n for n in tensors if n not in expected)
-  used = {n: v for n, v in tensors.items() if n in expected}
-  if bare:
-    used = {n[len('bert.'):]: v for n, v in used.items()}
-  params, _ = hf_weights.from_hf(used, rooted, kind, layers)
+  initialised = sorted(n for n in expected if n not in shapes)
+  dropped = sorted(n for n in shapes if n not in expected)
   if initialised:
     reporting.log(f'initialised fresh, as {weights.source} never had them: '
                   f'{_groups(initialised)}')
   if dropped:
     reporting.log(f'not used, as this model has no such head: {_groups(dropped)} of '
                   f'{weights.source}')
-  return (params['bert'] if bare else params), initialised
+  return sorted(n for n in shapes if n in expected), initialised
+
+
+def restore_sharded(path: str, fresh, kind: str, num_labels: int = 2):
+  """`fresh` (the run's freshly initialised params: jax.Arrays on its mesh) with the
+  weights of the bertjax workdir at `path` restored straight onto their shardings.
+
+  Every process reads only its own shards from the checkpoint; nothing passes
+  through one host or one device, so this works across the processes of a pod. The
+  refusals are `transplant`'s, checked on the checkpoint's shapes before any read.
+  Returns (params, initialised).
+  """
+  config = config_lib.load_workdir_config(path)
+  cfg = config_lib.model_config(config, open_tokenizer(path).vocab_size)
+  source_kind, labels, names, subdir = _workdir_kind(path)
+  source_tree = abstract_params(source_kind, cfg, labels)
+  source = Weights(path, source_kind, cfg, {}, labels, names)
+  layers = cfg.num_layers
+  bare = kind == 'encoder'
+  rooted = {'bert': fresh} if bare else fresh
+  used, initialised = _fit(source, _hf_shapes(source_tree, source_kind, layers, cfg.vocab_size),
+                           rooted, kind, num_labels)
+  source_paths = {n: p for n, p, _ in hf_weights.name_map(source_kind, layers)}
+  target_paths = {('bert.' if bare else '') + n: p for n, p, _ in hf_weights.name_map(kind, layers)}
+  wanted, moves = {}, []
+  for name in used:
+    # Both sides are bertjax models of one architecture: a leaf moves as it is.
+    target = _get(rooted, target_paths[name])
+    if tuple(_get(source_tree, source_paths[name]).shape) != tuple(target.shape):
+      raise UserError(f'{path} holds {name} in another shape than this model; start from '
+                      'a workdir of the same architecture')
+    wanted = _put(wanted, source_paths[name],
+                  jax.ShapeDtypeStruct(target.shape, target.dtype, sharding=target.sharding))
+    moves.append((source_paths[name], target_paths[name]))
+  _, restored = checkpoint.restore_params(path, wanted, subdir=subdir)
+  for source_path, target_path in moves:
+    rooted = _put(rooted, target_path, _get(restored, source_path))
+  return (rooted['bert'] if bare else rooted), initialised
+
+
+def _put(tree, path, value):
+  """`tree` (nested dicts, made where absent) with `value` at `path`."""
+  if not path:
+    return value
+  return {**tree, path[0]: _put(tree.get(path[0], {}), path[1:], value)}
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def place_hf(path: str, fresh, kind: str, num_labels: int = 2):
+  """`fresh` (the run's freshly initialised params: jax.Arrays on its mesh) with the
+  weights of the Hugging Face directory at `path` placed straight onto their
+  shardings (`jax.make_array_from_callback`): each process reads from
+  model.safetensors only what its own devices hold: the slices of embeddings, layer
+  norms and biases, whole `transformers` Linear weights (their layout is transposed
+  from ours) one at a time. The refusals are `transplant`'s, checked on the file's
+  shapes before any read. Returns (params, initialised).
+  """
+  from safetensors import safe_open
+  export_dir.check_complete(path)
+  cfg, raw = hf.read_hf_config(path)
+  layers = cfg.num_layers
+  bare = kind == 'encoder'
+  rooted = {'bert': fresh} if bare else fresh
+  with safe_open(os.path.join(path, 'model.safetensors'), 'np') as file:
+    shapes = {n: tuple(file.get_slice(n).get_shape()) for n in file.keys()
+              if n not in hf._IGNORED}
+    structs = {n: jax.ShapeDtypeStruct(s, np.float32) for n, s in shapes.items()}
+    source_kind = hf.checkpoint_kind(structs, raw)
+    labels = hf.num_labels(structs, source_kind)
+    # Weights names a bare encoder's tensors under 'bert.' like the other kinds.
+    stored = {(f'bert.{n}' if source_kind == 'encoder' else n): n for n in shapes}
+    source = Weights(path, source_kind, cfg, {}, labels)
+    used, initialised = _fit(source, {n: shapes[f] for n, f in stored.items()}, rooted, kind,
+                             num_labels)
+    layouts = {('bert.' if bare else '') + n: (p, layout)
+               for n, p, layout in hf_weights.name_map(kind, layers)}
+    for name in used:
+      target_path, layout = layouts[name]
+      target = _get(rooted, target_path)
+      rooted = _put(rooted, target_path,
+                    _place(file, stored[name], layout, target, cfg.vocab_size))
+  return (rooted['bert'] if bare else rooted), initialised
+
+
+def _place(file, name: str, layout, target, vocab_size: int):
+  """One safetensors tensor in `target`'s shape, dtype and sharding."""
+  if layout[0] == 'dense':  # (out, in) -> our (*in, *out): read whole, once
+    whole = np.asarray(file.get_tensor(name)).T.reshape(target.shape)
+    return jax.make_array_from_callback(target.shape, target.sharding,
+                                        lambda index: whole[index].astype(target.dtype))
+  tensor = file.get_slice(name)
+  if layout[0] != 'vocab':  # the same layout (a bias flattened: reshape the slice)
+    flat_bias = len(target.shape) > 1 and len(tensor.get_shape()) == 1
+    def read(index):
+      if flat_bias:
+        return np.asarray(tensor[:]).reshape(target.shape)[index].astype(target.dtype)
+      return np.asarray(tensor[index]).astype(target.dtype)
+    return jax.make_array_from_callback(target.shape, target.sharding, read)
+
+  # The vocabulary: the file's rows, then the target's own padding rows.
+  def rows(index):
+    wanted = index[0]
+    start, stop, _ = wanted.indices(target.shape[0])
+    got = np.asarray(tensor[start:min(stop, vocab_size)]) if start < vocab_size else None
+    out = np.zeros((stop - start, *target.shape[1:]), np.float32)
+    if got is not None:
+      out[:len(got)] = got
+    return out[(slice(None), *index[1:])].astype(target.dtype)
+  loaded = jax.make_array_from_callback(target.shape, target.sharding, rows)
+  keep_padding = jax.jit(
+      lambda real, fresh: jnp.where(
+          jax.lax.broadcasted_iota(jnp.int32, fresh.shape, 0) < vocab_size, real, fresh),
+      out_shardings=target.sharding)
+  return keep_padding(loaded, target)
