@@ -9,6 +9,11 @@ kind) into a target's freshly initialised params. It refuses holes: a missing,
 unexpected or mis-shaped encoder weight ends the command with a message that lists
 them. Only parts the source never had (another kind's head, a pooler that its class
 does not carry) keep their fresh values, and the message names them.
+
+A run's `init` takes the sharded path instead, which never gathers weights on one
+host: `restore_sharded` reads a workdir's params straight onto the run's shardings
+(orbax partial restore), `place_hf` reads each process's slices of a safetensors
+file; both run the same hole checks on shapes before reading anything.
 """
 from __future__ import annotations
 
