@@ -120,8 +120,12 @@ class _GcsLockObject:
   whose calls take generation preconditions; it reads STORAGE_EMULATOR_HOST too."""
 
   def __init__(self, url: str):
-    from google.cloud import storage as gcs  # pylint: disable=import-outside-toplevel
-    from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+    try:
+      from google.cloud import storage as gcs  # pylint: disable=import-outside-toplevel
+      from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise UserError(f'{url}: locking a gs:// workdir needs google-cloud-storage: '
+                      "pip install 'bertjax[gcs]'") from None
     self._exceptions = exceptions
     parts = urllib.parse.urlsplit(url)
     # Objects need no project; the client wants one only for creating buckets.
@@ -160,13 +164,13 @@ class _GcsLockObject:
 
 
 def _lock_file(workdir):
+  """The lock's store; None for URLs other than gs://, which cannot be locked yet."""
   path = workdir_lib.path(workdir) / workdir_lib.LOCK
-  if storage.is_url(path):
-    if urllib.parse.urlsplit(os.fspath(path)).scheme not in ('gs', 'gcs'):
-      raise UserError(f'{workdir}: run locks work on local and gs:// workdirs only; use one '
-                      'of those')
+  if not storage.is_url(path):
+    return _LocalLockFile(os.fspath(path))
+  if urllib.parse.urlsplit(os.fspath(path)).scheme in ('gs', 'gcs'):
     return _GcsLockObject(os.fspath(path))
-  return _LocalLockFile(os.fspath(path))
+  return None
 
 
 def _parse(data: bytes) -> Holder:
@@ -179,7 +183,8 @@ def _parse(data: bytes) -> Holder:
 
 def read_holder(workdir) -> Holder | None:
   """The run holding `workdir`, or None."""
-  data, _ = _lock_file(workdir).read()
+  lock = _lock_file(workdir)
+  data = None if lock is None else lock.read()[0]
   return None if data is None else _parse(data)
 
 
@@ -194,7 +199,7 @@ class RunLock:
   def __init__(self, workdir, command: str | None = None):
     self.workdir = workdir
     self._file = _lock_file(workdir)
-    self.path = self._file.path
+    self.path = os.fspath(workdir_lib.path(workdir) / workdir_lib.LOCK)
     now = time.time()
     self.holder = Holder(uuid.uuid4().hex, socket.gethostname(), os.getpid(),
                          command or _command_line(), now, now)
@@ -206,6 +211,10 @@ class RunLock:
     return json.dumps(dataclasses.asdict(self.holder)).encode()
 
   def __enter__(self) -> 'RunLock':
+    if self._file is None:
+      logging.warning('%s is not locked: run locks work on local and gs:// workdirs; make '
+                      'sure no other run uses it', self.workdir)
+      return self
     error = self._acquire() if jax.process_index() == 0 else None
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
@@ -253,15 +262,17 @@ class RunLock:
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
+    if not self._held:
+      return
     data, version = self._file.read()
-    if self._held and data is not None and _parse(data).run_id == self.holder.run_id:
+    if data is not None and _parse(data).run_id == self.holder.run_id:
       self._file.remove(version)
 
 
 def break_lock(workdir) -> Holder | None:
   """Removes the lock of `workdir` (`bertjax unlock`); returns whom it named."""
   lock = _lock_file(workdir)
-  data, version = lock.read()
+  data, version = (None, None) if lock is None else lock.read()
   if data is None:
     return None
   lock.remove(version)

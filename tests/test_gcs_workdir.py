@@ -42,6 +42,13 @@ def _bertjax(*args, env=None, timeout=600):
                         text=True, timeout=timeout, env=env)
 
 
+def _start(*args, log):
+  """`bertjax ARGS` in the background, its output into the file `log`."""
+  with open(log, 'w', encoding='utf-8') as f:
+    return subprocess.Popen([sys.executable, '-m', 'bertjax', *args], stdout=f,
+                            stderr=subprocess.STDOUT)
+
+
 def _committed(checkpoints: epath.Path) -> list[int]:
   if not checkpoints.exists():
     return []
@@ -50,19 +57,19 @@ def _committed(checkpoints: epath.Path) -> list[int]:
 
 
 def test_train_killed_resumes_bitwise_then_exports_and_loads_from_gcs(root, tmp_path):
+  # The uninterrupted reference, on local disk, alongside the run that is killed.
   reference = str(tmp_path / 'reference')
-  done = _bertjax('train', '--config', QUICKSTART, '--workdir', reference, *STEPS)
-  assert done.returncode == 0, done.stderr
+  uninterrupted = _start('train', '--config', QUICKSTART, '--workdir', reference, *STEPS,
+                         log=tmp_path / 'reference.log')
 
   workdir = f'{root}/run'
   checkpoints = epath.Path(workdir) / 'checkpoints'
-  first = subprocess.Popen([sys.executable, '-m', 'bertjax', 'train', '--config', QUICKSTART,
-                            '--workdir', workdir, *STEPS],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  first = _start('train', '--config', QUICKSTART, '--workdir', workdir, *STEPS,
+                 log=tmp_path / 'killed.log')
   try:
     deadline = time.monotonic() + 300
     while not _committed(checkpoints):
-      assert first.poll() is None, first.stderr.read()
+      assert first.poll() is None, (tmp_path / 'killed.log').read_text()
       assert time.monotonic() < deadline, 'no checkpoint within 300 s'
       time.sleep(0.1)
     first.send_signal(signal.SIGKILL)
@@ -71,6 +78,7 @@ def test_train_killed_resumes_bitwise_then_exports_and_loads_from_gcs(root, tmp_
     first.wait()
   killed_at = _committed(checkpoints)
   assert killed_at and killed_at[-1] < 60, killed_at  # it was killed mid-run
+  print(f'killed after step {killed_at[-1]}')
   assert epath.Path(f'{workdir}/.lock').exists()  # the dead run's lock, taken over next
 
   resumed = _bertjax('train', '--config', QUICKSTART, '--workdir', workdir, *STEPS)
@@ -79,6 +87,7 @@ def test_train_killed_resumes_bitwise_then_exports_and_loads_from_gcs(root, tmp_
   assert _committed(checkpoints)[-1] == 60
   assert not epath.Path(f'{workdir}/.lock').exists()
 
+  assert uninterrupted.wait(timeout=600) == 0, (tmp_path / 'reference.log').read_text()
   ours, theirs = weights.open_weights(workdir), weights.open_weights(reference)
   assert ours.step == theirs.step == 60
   assert ours.tensors.keys() == theirs.tensors.keys()
