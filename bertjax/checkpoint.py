@@ -271,11 +271,9 @@ def _set_aside(mngr, step: int, error: Exception) -> None:
   the run continues from the one before and later saves of this step can happen."""
   dest = _unreadable_dir(mngr) / str(step)
   if jax.process_index() == 0:
-    _unreadable_dir(mngr).mkdir(parents=True, exist_ok=True)
     if dest.exists():  # set aside before: keep both
       dest = dest.parent / f'{step}.{len(list(_unreadable_dir(mngr).iterdir()))}'
-    # On GCS a rename copies each object, then deletes the original.
-    (epath.Path(mngr.directory) / str(step)).rename(dest)
+    storage.move(epath.Path(mngr.directory) / str(step), dest)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f'bertjax checkpoint {step} set aside')

@@ -218,3 +218,29 @@ def test_embedded_tasks_for_a_gcs_workdir_are_written_where_the_readers_can_open
   assert paths[0][0].startswith(str(tmp_path / 'cache')) and os.path.isfile(paths[0][0])
   with open(paths[0][0], encoding='utf-8') as f:
     assert f.readline() == 'sentence\tlabel\n'
+
+
+def test_a_partial_and_an_unreadable_checkpoint_on_gcs(root, caplog):
+  """On GCS a step without commit_success.txt is a save a kill cut off: skipped with a
+  message; a committed step that cannot be read is moved to checkpoints_unreadable/."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from bertjax import checkpoint  # pylint: disable=import-outside-toplevel
+  state = lambda v: {'params': {'w': jnp.full(3, v)}, 'step': jnp.int32(v)}  # noqa: E731
+  with checkpoint.manager(root, keep=5) as mngr:
+    for step in (1, 2):
+      checkpoint.save(mngr, step, state(float(step)))
+    checkpoint.wait(mngr)
+  damaged = [*(epath.Path(root) / 'checkpoints' / '2' / 'state').glob('d/*'),
+             *(epath.Path(root) / 'checkpoints' / '2' / 'state').glob('ocdbt.process_*/d/*')]
+  assert damaged
+  for data in damaged:
+    data.write_bytes(b'garbage')  # the array data of step 2
+  (epath.Path(root) / 'checkpoints' / '3' / 'state' / '_METADATA').write_text('{}')  # cut off
+
+  with checkpoint.manager(root, keep=5) as mngr:
+    restored = checkpoint.restore(mngr, state(0.0))
+  assert int(restored['step']) == 1
+  np.testing.assert_array_equal(restored['params']['w'], [1.0, 1.0, 1.0])
+  assert 'skipping the partly written checkpoint' in caplog.text and '/checkpoints/3' in caplog.text
+  assert _committed(epath.Path(root) / 'checkpoints') == [1]
+  assert [p.name for p in (epath.Path(root) / 'checkpoints_unreadable').iterdir()] == ['2']
