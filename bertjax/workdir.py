@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import uuid
 
 import jax
 from etils import epath
@@ -45,12 +46,22 @@ def path(workdir: str | os.PathLike) -> epath.Path:
 
 
 def create(workdir: str | os.PathLike) -> epath.Path:
-  """Makes sure the workdir exists and can be written (a bucket that does not exist,
-  missing credentials, an unreachable endpoint: one line, see storage.check_writable)."""
+  """Makes sure the workdir exists and can be written; one line if it cannot (on a
+  URL: a bucket that does not exist, no credentials, an unreachable endpoint)."""
   p = path(workdir)
-  if not storage.is_url(p) and p.exists() and not p.is_dir():
+  if storage.is_url(p):
+    storage.check_writable(p)
+    return p
+  if p.exists() and not p.is_dir():
     raise UserError(f'--workdir {workdir} is a file, not a directory; choose a directory')
-  storage.check_writable(p)
+  try:
+    p.mkdir(parents=True, exist_ok=True)
+    probe = p / f'.write-test-{uuid.uuid4().hex}'
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    raise UserError(f'cannot write to --workdir {workdir}: {e.strerror or e}; choose a '
+                    'directory you can write to') from None
   return p
 
 
