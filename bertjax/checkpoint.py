@@ -5,9 +5,11 @@ One CheckpointManager under `WORKDIR/checkpoints`; each step holds two items:
 restored run continues with the very next batch. Fine-tuning, whose data order is a
 function of the step, saves `state` alone, and its best weights under `WORKDIR/best`.
 A checkpoint written by `bertjax import` holds a third kind of item alone, `params`:
-weights to start from. orbax writes each step into a temporary directory and
-renames it when complete, so a crash mid-save leaves the previous checkpoint as the
-latest. A checkpoint that cannot be read (damaged or missing files) is moved aside to
+weights to start from. The workdir may be local or a URL (`gs://`): paths go through
+epath, and orbax writes through tensorstore. Locally orbax writes each step into a
+temporary directory and renames it when complete; on GCS (no atomic directory rename)
+a step counts once its `commit_success.txt` exists. Either way a crash mid-save
+leaves the previous checkpoint as the latest. A checkpoint that cannot be read (damaged or missing files) is moved aside to
 `WORKDIR/checkpoints_unreadable/STEP` and the one before it is used; a save that
 fails (full disk, I/O error) is one line, and the checkpoints already written stay.
 """
@@ -16,22 +18,22 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bertjax import hf_weights
+from bertjax import hf_weights, storage
 from bertjax.errors import UserError
 
 
 def manager(workdir: str, *, keep: int, subdir: str = 'checkpoints') -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), subdir),
+      storage.as_path(workdir) / subdir,
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
       item_handlers=dict(state=ocp.StandardCheckpointHandler(),
                          params=ocp.StandardCheckpointHandler(),
@@ -98,16 +100,26 @@ def save_params(workdir: str, step: int, params, *, subdir: str = 'checkpoints')
       raise _save_error(mngr, step, e) from e
 
 
+_COMMITTED = 'commit_success.txt'  # how orbax marks a finished step on object storage
+
+
 def _partial_saves(mngr: ocp.CheckpointManager) -> list[str]:
-  """Step directories a crash left behind mid-save (orbax writes to a temporary name
-  and renames on completion, so these are never taken for checkpoints)."""
-  directory = str(mngr.directory)
-  return sorted(os.path.join(directory, d) for d in os.listdir(directory)
-                if '.orbax-checkpoint-tmp' in d)
+  """Step directories a crash left behind mid-save, which orbax never takes for
+  checkpoints: locally a temporary name (renamed on completion), on GCS a step
+  directory without its commit marker."""
+  directory = epath.Path(mngr.directory)
+  if not directory.is_dir():  # on GCS a directory exists once it holds an object
+    return []
+  if storage.is_url(directory):
+    found = [d for d in directory.iterdir()
+             if d.name.isdigit() and not (d / _COMMITTED).exists()]
+  else:
+    found = [d for d in directory.iterdir() if '.orbax-checkpoint-tmp' in d.name]
+  return sorted(os.fspath(d) for d in found)
 
 
 def _items(mngr: ocp.CheckpointManager, step: int) -> set[str]:
-  return set(os.listdir(os.path.join(str(mngr.directory), str(step))))
+  return {p.name for p in (epath.Path(mngr.directory) / str(step)).iterdir()}
 
 
 def restore_params(workdir: str, abstract_params, step: int | None = None, *,
@@ -173,7 +185,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None):
       return _restore_step(mngr, step, abstract_state, data_iterator)
     except Exception as e:  # noqa: BLE001 - tensorstore reports damage as many kinds
       _set_aside(mngr, step, e)
-  if os.path.isdir(_unreadable_dir(mngr)):
+  if _unreadable_dir(mngr).is_dir():
     raise UserError(f'no checkpoint in {mngr.directory} can be read (the unreadable ones are '
                     f'in {_unreadable_dir(mngr)}); to start over, use a new --workdir')
   return None
@@ -256,19 +268,19 @@ def _shapes(tree) -> dict[str, tuple]:
   return {'/'.join(str(n) for n in hf_weights.path_names(p)): tuple(x.shape) for p, x in flat}
 
 
-def _unreadable_dir(mngr) -> str:
-  return str(mngr.directory) + '_unreadable'
+def _unreadable_dir(mngr) -> epath.Path:
+  directory = epath.Path(mngr.directory)
+  return directory.parent / f'{directory.name}_unreadable'
 
 
 def _set_aside(mngr, step: int, error: Exception) -> None:
   """Moves an unreadable checkpoint out of orbax's sight (kept, not deleted), so that
   the run continues from the one before and later saves of this step can happen."""
-  dest = os.path.join(_unreadable_dir(mngr), str(step))
+  dest = _unreadable_dir(mngr) / str(step)
   if jax.process_index() == 0:
-    os.makedirs(_unreadable_dir(mngr), exist_ok=True)
-    if os.path.exists(dest):  # set aside before: keep both
-      dest = f'{dest}.{len(os.listdir(_unreadable_dir(mngr)))}'
-    shutil.move(os.path.join(str(mngr.directory), str(step)), dest)
+    if dest.exists():  # set aside before: keep both
+      dest = dest.parent / f'{step}.{len(list(_unreadable_dir(mngr).iterdir()))}'
+    storage.move(epath.Path(mngr.directory) / str(step), dest)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f'bertjax checkpoint {step} set aside')

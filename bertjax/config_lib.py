@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from bertjax import storage
 from bertjax.errors import UserError
 
 ConfigDict = ml_collections.ConfigDict
@@ -80,12 +81,11 @@ def model_config(config, vocab_size: int):
 
 def load_workdir_config(workdir: str) -> ConfigDict:
   """The resolved config a workdir was trained (or imported) with, locked."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  path = storage.as_path(workdir) / 'config.json'  # local or a URL (gs://)
+  if not path.is_file():
     raise UserError(f'{workdir} has no config.json; is it a bertjax workdir? '
                     '(`bertjax train` or `bertjax import` create one)')
-  with open(path, encoding='utf-8') as f:
-    return ConfigDict(json.load(f)).lock()
+  return ConfigDict(json.loads(path.read_text())).lock()
 
 
 def pretrain_defaults(model: str = 'base') -> ConfigDict:

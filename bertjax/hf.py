@@ -1,7 +1,9 @@
 """The Hugging Face model directory format: config.json, model.safetensors, tokenizer.
 
 Reading a directory (its config, tensors, tokenizer and head class) and producing the
-files of one. Weights travel as safetensors only: no pickle is ever loaded. Moving
+files of one. Weights travel as safetensors only: no pickle is ever loaded. The
+directory may be local or a URL (`gs://`), read through epath; tokenizer files are
+staged to local disk for the libraries that open only local files. Moving
 weights between such directories and workdirs is hf_convert.py's job.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ import tempfile
 
 import numpy as np
 
-from bertjax import hf_weights
+from bertjax import hf_weights, storage
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.models.bert import BertConfig
@@ -30,16 +32,15 @@ _RATE_KEYS = dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
 
 
 def read_hf_config(src: str) -> tuple[BertConfig, dict]:
-  path = os.path.join(src, 'config.json')
-  if not os.path.isfile(path):
+  path = storage.as_path(src) / 'config.json'
+  if not path.is_file():
     raise UserError(f'{src} has no config.json; point --from at a Hugging Face model '
                     'directory (config.json, model.safetensors, vocab.txt)')
-  with open(path, encoding='utf-8') as f:
-    try:
-      raw = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise UserError(f'{path} is not valid JSON ({e}); re-save the model with '
-                      'transformers\' save_pretrained') from None
+  try:
+    raw = json.loads(path.read_bytes())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f'{path} is not valid JSON ({e}); re-save the model with '
+                    'transformers\' save_pretrained') from None
   if not isinstance(raw, dict):
     raise UserError(f'{path} holds a {type(raw).__name__}, not a BERT config object')
   if raw.get('model_type', 'bert') != 'bert':
@@ -95,44 +96,44 @@ def hf_config_dict(cfg: BertConfig, kind: str, **extra) -> dict:
 
 
 def read_safetensors(src: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file
-  path = os.path.join(src, 'model.safetensors')
-  if not os.path.isfile(path):
-    if os.path.isfile(os.path.join(src, 'pytorch_model.bin')):
+  from safetensors.numpy import load
+  path = storage.as_path(src) / 'model.safetensors'
+  if not path.is_file():
+    if (storage.as_path(src) / 'pytorch_model.bin').is_file():
       raise UserError(f'{src} holds only pytorch_model.bin (pickle), which bertjax does '
                       'not load; convert it with transformers: '
                       'model.save_pretrained(dir, safe_serialization=True)')
     raise UserError(f'{src} has no model.safetensors')
-  return {k: v for k, v in load_file(path).items() if k not in _IGNORED}
+  return {k: v for k, v in load(path.read_bytes()).items() if k not in _IGNORED}
 
 
 def load_hf_tokenizer(src: str) -> tokenizer_lib.Tokenizer:
   """The tokenizer of a Hugging Face directory: spiece.model, vocab.txt or tokenizer.json."""
-  if os.path.isfile(os.path.join(src, 'spiece.model')):
-    return tokenizer_lib.SentencePieceTokenizer(os.path.join(src, 'spiece.model'))
-  if os.path.isfile(os.path.join(src, 'vocab.txt')):
+  directory = storage.as_path(src)
+  if (directory / 'spiece.model').is_file():
+    return tokenizer_lib.SentencePieceTokenizer(directory / 'spiece.model')
+  if (directory / 'vocab.txt').is_file():
     from bertjax.data.wordpiece import WordPieceTokenizer
-    return WordPieceTokenizer(os.path.join(src, 'vocab.txt'), do_lower_case=_do_lower_case(src))
-  if os.path.isfile(os.path.join(src, 'tokenizer.json')):
+    return WordPieceTokenizer(storage.local_copy(directory / 'vocab.txt'),
+                              do_lower_case=_do_lower_case(src))
+  if (directory / 'tokenizer.json').is_file():
     # A fast-tokenizer-only directory: unpack its WordPiece vocabulary once.
     unpacked = tempfile.mkdtemp(prefix='bertjax-vocab-')
-    _vocab_from_tokenizer_json(os.path.join(src, 'tokenizer.json'), unpacked)
+    _vocab_from_tokenizer_json(directory / 'tokenizer.json', unpacked)
     return tokenizer_lib.load(unpacked)
   raise UserError(f'{src} has no tokenizer: expected vocab.txt, tokenizer.json or '
                   'spiece.model')
 
 
 def _do_lower_case(src: str) -> bool:
-  path = os.path.join(src, 'tokenizer_config.json')
-  if os.path.isfile(path):
-    with open(path, encoding='utf-8') as f:
-      return bool(json.load(f).get('do_lower_case', True))
+  path = storage.as_path(src) / 'tokenizer_config.json'
+  if path.is_file():
+    return bool(json.loads(path.read_text()).get('do_lower_case', True))
   return True
 
 
-def _vocab_from_tokenizer_json(path: str, dest: str) -> None:
-  with open(path, encoding='utf-8') as f:
-    spec = json.load(f)
+def _vocab_from_tokenizer_json(path, dest: str) -> None:
+  spec = json.loads(path.read_text())
   model = spec.get('model', {})
   if model.get('type') != 'WordPiece':
     raise UserError(f'{path} holds a {model.get("type")} model; bertjax imports WordPiece '

@@ -8,7 +8,6 @@ loads with no missing or unexpected keys, in the class of the workdir's head
 """
 from __future__ import annotations
 
-import json
 import os
 
 from bertjax import (checkpoint, config_lib, export_dir, hf, hf_weights, reporting, run_lock,
@@ -45,7 +44,7 @@ def import_hf(src: str, workdir: str) -> list[str]:
   config.data.tokenizer.kind = ('sentencepiece' if isinstance(
       tok, tokenizer_lib.SentencePieceTokenizer) else 'wordpiece')
   config.data.tokenizer.vocab_size = cfg.vocab_size
-  config.init = os.path.abspath(src)
+  config.init = os.fspath(storage.as_path(src))
   workdir_lib.create(workdir)
   with run_lock.RunLock(workdir):
     tokenizer_lib.save(tok, os.fspath(target / workdir_lib.TOKENIZER))
@@ -88,15 +87,10 @@ def export_hf(workdir: str, out: str, step: int | None = None) -> str:
 
 
 def _last_metrics(workdir: str) -> dict:
-  """The last value of each metric in the workdir's metrics.jsonl."""
+  """The last value of each metric the workdir logged."""
   final = {}
-  path = workdir_lib.path(workdir) / workdir_lib.METRICS
-  if path.exists():
-    for line in path.read_text().splitlines():
-      try:
-        final.update(json.loads(line))
-      except json.JSONDecodeError:
-        continue  # a line cut off by a crash
+  for record in workdir_lib.read_metrics(workdir):
+    final.update(record)
   return final
 
 

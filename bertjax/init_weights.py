@@ -24,7 +24,7 @@ ADOPTED_RECORD = 'adopted_from.json'  # beside a tokenizer copied from `init`
 
 
 def check_source(init: str) -> None:
-  if not (workdir_lib.is_workdir(init) or os.path.isfile(os.path.join(init, 'config.json'))):
+  if not (workdir_lib.is_workdir(init) or (storage.as_path(init) / 'config.json').is_file()):
     raise UserError(f'init={init!r} is neither a bertjax workdir nor a Hugging Face model '
                     'directory; point --config.init at one')
 
@@ -44,8 +44,8 @@ def adopt_tokenizer(init: str, workdir: str) -> tokenizer_lib.Tokenizer:
   or trained on the corpus) is replaced before training starts and refused after."""
   directory = os.fspath(workdir_lib.path(workdir) / workdir_lib.TOKENIZER)
   wanted = {'init': os.fspath(workdir_lib.path(init))}
-  record_path = os.path.join(directory, ADOPTED_RECORD)
-  adopted = workdir_lib.read_json(record_path) if os.path.isfile(record_path) else None
+  record_path = workdir_lib.path(directory) / ADOPTED_RECORD
+  adopted = workdir_lib.read_json(record_path) if record_path.is_file() else None
   derived = derived_tokenizer.read_record(directory)
   existing = tokenizer_lib.find(directory)
   if existing is not None and (adopted == wanted or (adopted is None and derived is None)):
@@ -59,10 +59,10 @@ def adopt_tokenizer(init: str, workdir: str) -> tokenizer_lib.Tokenizer:
                   f'happened in this workdir) with the tokenizer of {init}')
   if jax.process_index() == 0:
     derived_tokenizer.remove(directory)
-    if os.path.exists(record_path):
-      os.remove(record_path)
+    if record_path.exists():
+      record_path.unlink()
     tokenizer_lib.save(weights.open_tokenizer(init), directory)
-    storage.write_atomic(workdir_lib.path(record_path), json.dumps(wanted))
+    storage.write_atomic(record_path, json.dumps(wanted))
   derived_tokenizer.sync('tokenizer adopted')
   return tokenizer_lib.load(directory)
 

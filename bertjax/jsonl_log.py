@@ -100,6 +100,12 @@ class JsonlLog:
     self.close()
 
 
+def exists(directory: str | os.PathLike, name: str = 'metrics') -> bool:
+  """Whether `directory` holds a log `name` in either layout."""
+  directory = storage.as_path(directory)
+  return (directory / f'{name}.jsonl').is_file() or bool(_segments(directory / name))
+
+
 def read(directory: str | os.PathLike, name: str = 'metrics') -> Iterator[dict[str, Any]]:
   """The records of `directory`'s log in the order written, in either layout.
 

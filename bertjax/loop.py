@@ -93,6 +93,7 @@ def run(job: Job, state, start: int, *, workdir: str, mngr, writer: reporting.Me
           job.after_eval(done, state, results)
       stop = stop_requested(done)
       if done % job.checkpoint_every == 0 or done == job.total_steps or stop:
+        writer.flush()  # on object storage the log uploads in batches: cover this step
         checkpoint.save(mngr, done, state, job.data_iterator)
       bar.update(1)
       if stop:

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import jax
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bertjax import hf_convert, weights, workdir as workdir_lib
+from bertjax import hf_convert, storage, weights, workdir as workdir_lib
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.models import heads
@@ -133,7 +132,7 @@ class PretrainedTokenizer:
 def from_pretrained(path: str) -> tuple[PretrainedModel, PretrainedTokenizer]:
   """Loads a Hugging Face BERT directory or a bertjax workdir: a pre-training one's
   latest checkpoint, a fine-tuned one's best weights with its task head."""
-  if not (workdir_lib.is_workdir(path) or os.path.isfile(os.path.join(path, 'config.json'))):
+  if not (workdir_lib.is_workdir(path) or (storage.as_path(path) / 'config.json').is_file()):
     raise UserError(f'{path} is neither a Hugging Face model directory (config.json + '
                     'model.safetensors) nor a bertjax workdir (config.json + checkpoints/)')
   source = weights.open_weights(path)

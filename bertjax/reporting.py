@@ -1,43 +1,54 @@
-"""Where a run reports: metrics.jsonl, TensorBoard events and a progress bar.
+"""Where a run reports: the metrics log, TensorBoard events and a progress bar.
 
 Only process 0 writes; other processes get a writer that does nothing, so the
-train loop calls it unconditionally.
+train loop calls it unconditionally. The workdir may be local or a URL: the metrics
+go through jsonl_log (WORKDIR/metrics.jsonl locally, segments under WORKDIR/metrics/
+on object storage, which cannot append) and the events through tensorboard_sink. On
+a URL both upload at most every FLUSH_SECONDS and at every `flush`, which the loop
+calls before each checkpoint, so what a checkpoint covers is logged.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import jax
 import tqdm
 
+from bertjax import jsonl_log, storage
+from bertjax.tensorboard_sink import TensorBoardSink
+
+# The workdir's names for them (workdir.py lists the whole layout).
+METRICS_LOG = 'metrics'  # metrics.jsonl, or metrics/NNNNNN.jsonl on object storage
+TENSORBOARD = 'tensorboard'
+FLUSH_SECONDS = 30.0
+
 
 class MetricsWriter:
-  """Appends one JSON object per logged step and mirrors scalars to TensorBoard."""
+  """Logs one JSON object per logged step and mirrors scalars to TensorBoard."""
 
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
-    from tensorboardX import SummaryWriter  # no TensorFlow needed
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
-    self._tb = SummaryWriter(logdir=os.path.join(workdir, 'tensorboard'))
+    root = storage.as_path(workdir)
+    self._log = jsonl_log.JsonlLog(root, METRICS_LOG, flush_secs=FLUSH_SECONDS)
+    self._tb = TensorBoardSink(root / TENSORBOARD, flush_secs=FLUSH_SECONDS)
 
   def write(self, step: int, metrics: dict[str, float], prefix: str = '') -> None:
     if not self.enabled:
       return
     record = {'step': int(step), **{prefix + k: float(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
-    for k, v in record.items():
-      if k != 'step':
-        self._tb.add_scalar(k, v, global_step=step)
-    self._tb.flush()
+    self._log.write(record)
+    self._tb.write(step, {k: v for k, v in record.items() if k != 'step'})
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._log.flush()
+      self._tb.flush()
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
+      self._log.close()
       self._tb.close()
 
 

@@ -8,8 +8,11 @@ heartbeat is older than EXPIRES_SECONDS (its holder was SIGKILLed or its host lo
 or whose process is gone from this same host, is stale and taken over with a message.
 `bertjax unlock --workdir W` breaks a lock deliberately.
 
-The lock file is created with O_CREAT|O_EXCL and replaced by rename, both atomic on a
-local or network file system.
+Where the lock lives decides how it is made atomic. A local (or network) file is
+created with O_CREAT|O_EXCL and replaced by rename. A `gs://` object is created with
+the precondition "no generation yet" (ifGenerationMatch=0) and rewritten or deleted
+only if its generation is still the one read, so of two runs creating or taking over
+the lock exactly one wins, and a heartbeat never overwrites a lock another run took.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 
 import jax
@@ -69,48 +73,119 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _lock_path(workdir) -> str:
-  return os.fspath(workdir_lib.path(workdir) / workdir_lib.LOCK)
+class _LocalLockFile:
+  """The lock as a local file. `read` gives (content, None): rename needs no version."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def create(self, data: bytes) -> bool:
+    try:
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    return True
+
+  def read(self) -> tuple[bytes | None, None]:
+    try:
+      with open(self.path, 'rb') as f:
+        return f.read(), None
+    except FileNotFoundError:
+      return None, None
+
+  def replace(self, data: bytes, version) -> bool:
+    del version
+    tmp = f'{self.path}.{uuid.uuid4().hex}.tmp'
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, self.path)
+    return True
+
+  def remove(self, version) -> bool:
+    """Moves the lock out of the way; of two runs doing so at once, one wins."""
+    del version
+    aside = f'{self.path}.stale-{uuid.uuid4().hex}'
+    try:
+      os.rename(self.path, aside)
+    except FileNotFoundError:
+      return False
+    os.remove(aside)
+    return True
 
 
-def read_holder(workdir) -> Holder | None:
-  """The run holding `workdir`, or None. A lock file cut off mid-write counts as stale."""
+class _GcsLockObject:
+  """The lock as a GCS object, through google-cloud-storage (gcsfs's own dependency),
+  whose calls take generation preconditions; it reads STORAGE_EMULATOR_HOST too."""
+
+  def __init__(self, url: str):
+    try:
+      from google.cloud import storage as gcs  # pylint: disable=import-outside-toplevel
+      from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise UserError(f'{url}: locking a gs:// workdir needs google-cloud-storage: '
+                      "pip install 'bertjax[gcs]'") from None
+    self._exceptions = exceptions
+    parts = urllib.parse.urlsplit(url)
+    # Objects need no project; the client wants one only for creating buckets.
+    client = gcs.Client(project=os.environ.get('GOOGLE_CLOUD_PROJECT') or 'bertjax')
+    self._blob = client.bucket(parts.netloc).blob(parts.path.lstrip('/'))
+    self.path = url
+
+  def create(self, data: bytes) -> bool:
+    try:
+      self._blob.upload_from_string(data, if_generation_match=0)
+    except self._exceptions.PreconditionFailed:
+      return False
+    return True
+
+  def read(self) -> tuple[bytes | None, int | None]:
+    try:
+      self._blob.reload()
+      return self._blob.download_as_bytes(if_generation_match=self._blob.generation), \
+          self._blob.generation
+    except (self._exceptions.NotFound, self._exceptions.PreconditionFailed):
+      return None, None
+
+  def replace(self, data: bytes, version) -> bool:
+    try:
+      self._blob.upload_from_string(data, if_generation_match=version)
+    except (self._exceptions.PreconditionFailed, self._exceptions.NotFound):
+      return False
+    return True
+
+  def remove(self, version) -> bool:
+    try:
+      self._blob.delete(if_generation_match=version)
+    except (self._exceptions.PreconditionFailed, self._exceptions.NotFound):
+      return False
+    return True
+
+
+def _lock_file(workdir):
+  """The lock's store; None for URLs other than gs://, which cannot be locked yet."""
+  path = workdir_lib.path(workdir) / workdir_lib.LOCK
+  if not storage.is_url(path):
+    return _LocalLockFile(os.fspath(path))
+  if urllib.parse.urlsplit(os.fspath(path)).scheme in ('gs', 'gcs'):
+    return _GcsLockObject(os.fspath(path))
+  return None
+
+
+def _parse(data: bytes) -> Holder:
+  """A lock file cut off mid-write counts as stale."""
   try:
-    with open(_lock_path(workdir), encoding='utf-8') as f:
-      return Holder(**json.load(f))
-  except FileNotFoundError:
-    return None
+    return Holder(**json.loads(data))
   except (ValueError, TypeError):
     return Holder('?', '?', -1, 'unknown', 0.0, 0.0)
 
 
-def _create(path: str, holder: Holder) -> bool:
-  try:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-  except FileExistsError:
-    return False
-  with os.fdopen(fd, 'w', encoding='utf-8') as f:
-    json.dump(dataclasses.asdict(holder), f)
-  return True
-
-
-def _set_aside(path: str) -> bool:
-  """Moves a stale lock out of the way; of two runs taking it over, one wins."""
-  try:
-    os.rename(path, f'{path}.stale-{uuid.uuid4().hex}')
-  except FileNotFoundError:
-    return False
-  return True
-
-
-def _remove_set_aside(path: str) -> None:
-  directory, name = os.path.split(path)
-  for entry in os.listdir(directory):
-    if entry.startswith(name + '.stale-'):
-      try:
-        os.remove(os.path.join(directory, entry))
-      except FileNotFoundError:
-        pass
+def read_holder(workdir) -> Holder | None:
+  """The run holding `workdir`, or None."""
+  lock = _lock_file(workdir)
+  data = None if lock is None else lock.read()[0]
+  return None if data is None else _parse(data)
 
 
 def _command_line() -> str:
@@ -123,7 +198,8 @@ class RunLock:
 
   def __init__(self, workdir, command: str | None = None):
     self.workdir = workdir
-    self.path = _lock_path(workdir)
+    self._file = _lock_file(workdir)
+    self.path = os.fspath(workdir_lib.path(workdir) / workdir_lib.LOCK)
     now = time.time()
     self.holder = Holder(uuid.uuid4().hex, socket.gethostname(), os.getpid(),
                          command or _command_line(), now, now)
@@ -131,10 +207,13 @@ class RunLock:
     self._thread: threading.Thread | None = None
     self._held = False
 
+  def _payload(self) -> bytes:
+    return json.dumps(dataclasses.asdict(self.holder)).encode()
+
   def __enter__(self) -> 'RunLock':
-    if storage.is_url(workdir_lib.path(self.workdir)):
-      logging.warning('%s is not locked: run locks on URL workdirs are not supported '
-                      'yet; make sure no other run uses it', self.workdir)
+    if self._file is None:
+      logging.warning('%s is not locked: run locks work on local and gs:// workdirs; make '
+                      'sure no other run uses it', self.workdir)
       return self
     error = self._acquire() if jax.process_index() == 0 else None
     if jax.process_count() > 1:
@@ -153,49 +232,48 @@ class RunLock:
     return self
 
   def _acquire(self) -> str | None:
-    while not _create(self.path, self.holder):
-      other = read_holder(self.workdir)
-      if other is None:
+    while not self._file.create(self._payload()):
+      data, version = self._file.read()
+      if data is None:
         continue  # released between our two looks
+      other = _parse(data)
       if not other.is_stale():
         return (f'{self.workdir} is in use by {other.describe()}; wait for it to finish, '
                 'use another --workdir, or if that run is dead run `bertjax unlock '
                 f'--workdir {self.workdir}`')
-      if _set_aside(self.path):
+      if self._file.remove(version):
         logging.warning('taking over %s from a run that is gone: %s', self.workdir,
                         other.describe())
-        _remove_set_aside(self.path)
     return None
 
   def _beat(self) -> None:
     while not self._stop.wait(HEARTBEAT_SECONDS):
-      current = read_holder(self.workdir)
-      if current is None or current.run_id != self.holder.run_id:
+      data, version = self._file.read()
+      current = None if data is None else _parse(data)
+      self.holder.heartbeat = time.time()
+      if (current is None or current.run_id != self.holder.run_id
+          or not self._file.replace(self._payload(), version)):
         logging.warning('the lock on %s was broken by another command; this run no '
                         'longer holds it', self.workdir)
         self._held = False
         return
-      self.holder.heartbeat = time.time()
-      tmp = f'{self.path}.{self.holder.run_id}.tmp'
-      with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(dataclasses.asdict(self.holder), f)
-      os.replace(tmp, self.path)
 
   def __exit__(self, *exc) -> None:
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
-    current = read_holder(self.workdir)
-    if self._held and current is not None and current.run_id == self.holder.run_id:
-      os.remove(self.path)
+    if not self._held:
+      return
+    data, version = self._file.read()
+    if data is not None and _parse(data).run_id == self.holder.run_id:
+      self._file.remove(version)
 
 
 def break_lock(workdir) -> Holder | None:
   """Removes the lock of `workdir` (`bertjax unlock`); returns whom it named."""
-  holder = read_holder(workdir)
-  if holder is not None:
-    try:
-      os.remove(_lock_path(workdir))
-    except FileNotFoundError:
-      pass
-  return holder
+  lock = _lock_file(workdir)
+  data, version = (None, None) if lock is None else lock.read()
+  if data is None:
+    return None
+  lock.remove(version)
+  return _parse(data)

@@ -6,7 +6,7 @@ gs:// through fsspec/gcsfs (or tf.io.gfile where TensorFlow is installed); orbax
 writes array data through tensorstore, which reads the same credentials.
 
 The few things that differ on object storage live here: a write is atomic per object
-(`write_atomic`), files some readers open only from local disk are staged
+(`write_atomic`), a directory is moved object by object (`move`), files some readers open only from local disk are staged
 (`local_copy`), and a command checks first that it can write where it was told,
 ending with one line on how to fix it (`check_writable`).
 """
@@ -72,6 +72,22 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+  """Moves a file or directory to `dst` (whose parent is made if missing).
+
+  On object storage a "directory" exists only while it holds objects, which epath's
+  rename insists on for the destination's parent; fsspec moves the objects one by one
+  (copy, then delete), so a crash mid-move leaves both halves, nothing lost.
+  """
+  src, dst = os.fspath(src), os.fspath(dst)
+  if is_url(src):
+    fs, src_path = fsspec.core.url_to_fs(src)
+    fs.mv(src_path, fsspec.core.url_to_fs(dst)[1], recursive=True)
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+  shutil.move(src, dst)
 
 
 def default_cache_dir() -> str:

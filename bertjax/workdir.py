@@ -6,12 +6,14 @@
     WORKDIR/task.json       fine-tuning: head kind and label names
     WORKDIR/best/N/         fine-tuning: the weights with the best task metric so far
     WORKDIR/best.json       ... and that evaluation's metrics
-    WORKDIR/metrics.jsonl   one JSON object a logged step; WORKDIR/tensorboard/ the same
+    WORKDIR/metrics.jsonl   one JSON object a logged step (on object storage, which
+                            cannot append: WORKDIR/metrics/NNNNNN.jsonl segments, see
+                            jsonl_log.py); WORKDIR/tensorboard/ the same
     WORKDIR/profile/        `--profile` traces
     WORKDIR/.lock           the run that holds the workdir (see run_lock.py)
 
-Paths go through `etils.epath`, so a workdir may be a local directory or a URL such
-as `gs://bucket/run`.
+Paths go through `etils.epath` (storage.as_path), so a workdir may be a local
+directory or a URL such as `gs://bucket/run`.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import uuid
 import jax
 from etils import epath
 
-from bertjax import config_lib, reporting, storage
+from bertjax import config_lib, jsonl_log, reporting, storage
 from bertjax.errors import UserError
 
 CONFIG = 'config.json'
@@ -32,8 +34,8 @@ CHECKPOINTS = 'checkpoints'
 TASK = 'task.json'
 BEST = 'best'
 BEST_METRICS = 'best.json'
-METRICS = 'metrics.jsonl'
-TENSORBOARD = 'tensorboard'
+METRICS = reporting.METRICS_LOG  # the log's name: see has_metrics / jsonl_log.read
+TENSORBOARD = reporting.TENSORBOARD
 PROFILE = 'profile'
 LOCK = '.lock'
 
@@ -44,8 +46,12 @@ def path(workdir: str | os.PathLike) -> epath.Path:
 
 
 def create(workdir: str | os.PathLike) -> epath.Path:
-  """Makes sure the workdir exists and can be written; one line if it cannot."""
+  """Makes sure the workdir exists and can be written; one line if it cannot (on a
+  URL: a bucket that does not exist, no credentials, an unreachable endpoint)."""
   p = path(workdir)
+  if storage.is_url(p):
+    storage.check_writable(p)
+    return p
   if p.exists() and not p.is_dir():
     raise UserError(f'--workdir {workdir} is a file, not a directory; choose a directory')
   try:
@@ -59,10 +65,19 @@ def create(workdir: str | os.PathLike) -> epath.Path:
   return p
 
 
+def has_metrics(workdir: str | os.PathLike) -> bool:
+  """Whether a run has logged a step here (metrics.jsonl or its segments)."""
+  return jsonl_log.exists(path(workdir), METRICS)
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """The workdir's logged records, oldest first, in either layout."""
+  return list(jsonl_log.read(path(workdir), METRICS))
+
+
 def started(workdir: str | os.PathLike) -> bool:
   """Whether a run has trained in this workdir (a checkpoint or a logged step)."""
-  p = path(workdir)
-  return has_checkpoints(p) or (p / METRICS).exists()
+  return has_checkpoints(workdir) or has_metrics(workdir)
 
 
 def has_checkpoints(workdir: str | os.PathLike, subdir: str = CHECKPOINTS) -> bool:
@@ -128,7 +143,7 @@ def check_config(config, workdir, fixed_keys) -> None:
     reporting.log(f'{workdir} was imported from {old["init"]}: training its '
                   f'{old["model"]["num_layers"]}-layer, {old["model"]["hidden_size"]}-wide '
                   'model with its tokenizer')
-  if not (path(workdir) / METRICS).exists():  # an import's step-0 weights fix nothing more
+  if not has_metrics(workdir):  # an import's step-0 weights fix nothing more
     return
   new = json.loads(config_lib.to_json(config))
   for key in fixed_keys:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import statistics
 from collections.abc import Sequence
+
+from bertjax import jsonl_log
+from bertjax.errors import UserError
 
 _PLOTS = ('loss_curves.png', 'mlm_accuracy.png', 'downstream.png')
 
@@ -46,23 +48,27 @@ class VariantResult:
     return self.loss_curve[-1][1] if self.loss_curve else None
 
 
-def loss_curve_from_metrics(path: str) -> list[tuple[int, float]]:
-  """(step, loss) of the training lines of a metrics.jsonl, sorted by step.
+def read_metrics(path: str) -> list[dict]:
+  """The records of a run's metrics log, named by its local name `DIR/metrics.jsonl`:
+  that file, or the segments `DIR/metrics/` a run on object storage writes (see
+  jsonl_log). A torn last line (a run killed mid-write) is skipped; a malformed line
+  elsewhere is an error."""
+  directory, name = os.path.split(os.fspath(path))
+  try:
+    return list(jsonl_log.read(directory, name.removesuffix('.jsonl')))
+  except UserError as e:  # this module's callers expect ValueError for bad data
+    raise ValueError(str(e)) from None
 
-  A resumed run appends the steps after its last checkpoint again; the later line
-  wins, so the curve shows what the finished run actually did. A torn last line (a
-  run killed mid-write) is skipped; a malformed line elsewhere is an error.
+
+def loss_curve_from_metrics(path: str) -> list[tuple[int, float]]:
+  """(step, loss) of the training lines of a metrics log (see read_metrics), sorted
+  by step.
+
+  A resumed run logs the steps after its last checkpoint again; the later line
+  wins, so the curve shows what the finished run actually did.
   """
-  with open(path, encoding='utf-8') as f:
-    lines = [line for line in f.read().splitlines() if line.strip()]
   losses = {}
-  for i, line in enumerate(lines):
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      if i == len(lines) - 1:
-        break
-      raise ValueError(f'{path}:{i + 1}: not a JSON line: {line[:80]!r}') from None
+  for record in read_metrics(path):
     if 'loss' in record and not any(k.startswith('eval_') for k in record):
       losses[int(record['step'])] = float(record['loss'])
   return sorted(losses.items())

@@ -23,7 +23,7 @@ import numpy as np
 
 from bertjax import config_lib, finetune, reporting, sharding, steps, train, weights
 from bertjax.compare.report import (VariantResult, format_table, loss_curve_from_metrics,
-                                    write_report)
+                                    read_metrics, write_report)
 from bertjax.data import masking, pipeline, tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
@@ -93,12 +93,9 @@ def _training_figures(metrics_path: str) -> tuple[float, float]:
   """(seconds spent in train steps, median tokens/s) from a metrics.jsonl; the first
   logged interval holds compilation and is left out of tokens/s."""
   rows = {}
-  with open(metrics_path, encoding='utf-8') as f:
-    for line in f:
-      if line.strip():
-        record = json.loads(line)
-        if 'step_time' in record:
-          rows[record['step']] = record  # a resumed run re-logs steps; the last wins
+  for record in read_metrics(metrics_path):
+    if 'step_time' in record:
+      rows[record['step']] = record  # a resumed run re-logs steps; the last wins
   ordered = [rows[s] for s in sorted(rows)]
   seconds, previous = 0.0, 0
   for r in ordered:

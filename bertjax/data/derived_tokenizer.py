@@ -7,17 +7,17 @@ its own: a difference is refused once training has started there (checkpoints or
 metrics.jsonl exist), and before that the stale tokenizer (left by a run that failed
 early) is replaced, so a corrected re-run never trains on the old corpus's
 vocabulary. A tokenizer without the record (imported, adopted from `init`, or
-written before records existed) is trusted as it is.
+written before records existed) is trusted as it is. The directory may be local or a
+URL (`gs://`): files go through epath.
 """
 from __future__ import annotations
 
 import json
-import os
 from typing import Callable
 
 import jax
 
-from bertjax import reporting
+from bertjax import jsonl_log, reporting, storage
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
@@ -46,17 +46,16 @@ def copied_from(prepared_dir: str, fingerprint: str) -> dict:
 
 
 def training_started(workdir: str) -> bool:
-  checkpoints = os.path.join(workdir, 'checkpoints')
-  return (os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
-          or (os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))))
+  checkpoints = storage.as_path(workdir) / 'checkpoints'
+  return (jsonl_log.exists(workdir, reporting.METRICS_LOG)
+          or (checkpoints.is_dir() and any(True for _ in checkpoints.iterdir())))
 
 
 def read_record(directory: str) -> dict | None:
-  path = os.path.join(directory, RECORD)
-  if not os.path.isfile(path):
+  path = storage.as_path(directory) / RECORD
+  if not path.is_file():
     return None
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def _difference(old: dict, new: dict) -> str | None:
@@ -92,13 +91,10 @@ def ensure(directory: str, wanted: dict, *, started: bool, make: Callable[[str],
                     f'{record.get(key)!r}, the config says {wanted.get(key)!r}, and no '
                     'training has happened in this workdir')
       remove(directory)
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, RECORD + '.tmp')
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(wanted, f, indent=2)
+    storage.as_path(directory).mkdir(parents=True, exist_ok=True)
     # The record first: a run cut off before the tokenizer exists leaves a record
     # alone, which the next run treats as no tokenizer at all.
-    os.replace(tmp, os.path.join(directory, RECORD))
+    storage.write_atomic(storage.as_path(directory) / RECORD, json.dumps(wanted, indent=2))
     make(directory)
   sync('tokenizer')
   return tokenizer_lib.load(directory)
@@ -107,8 +103,8 @@ def ensure(directory: str, wanted: dict, *, started: bool, make: Callable[[str],
 def remove(directory: str) -> None:
   """Removes a tokenizer and its record (what `ensure` and `tokenizer.save` write)."""
   for name in (*_TOKENIZER_FILES, RECORD):
-    if os.path.exists(os.path.join(directory, name)):
-      os.remove(os.path.join(directory, name))
+    if (storage.as_path(directory) / name).exists():
+      (storage.as_path(directory) / name).unlink()
 
 
 def sync(name: str):

@@ -10,13 +10,20 @@ the masking sweep have a downstream task with no download:
   sweep fine-tunes the QA task instead.
 - tag: PER / LOC / ORG entities (IOB2) in biography-style sentences.
 - qa: SQuAD-style questions on generated biographies (home town, job, pet's name).
+
+The task readers open local files only, so for a workdir on a URL (`gs://`) the files
+are written to a local directory named after that URL and the seed instead: they are
+a function of both, so every host and every resumed run writes the same files and
+the config records the same path.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 
+from bertjax import storage
 from bertjax.data import embedded
 
 _SURNAMES = ('berg', 'costa', 'dietrich', 'ferrari', 'garcia', 'hansen', 'keller', 'lopez',
@@ -43,9 +50,7 @@ def _held_out_cities() -> set[str]:
 
 
 def _write(path: str, text: str) -> None:
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+  storage.write_atomic(path, text)  # processes of one host may write the same file
 
 
 def _name(rng: random.Random) -> str:
@@ -140,8 +145,11 @@ WRITERS = {'classify': write_classify, 'tag': write_tag, 'qa': write_qa}
 
 
 def materialize(task_cfg, directory: str, seed: int) -> None:
-  """Writes the embedded task of `task_cfg.kind` into `directory` and points
-  task.train / task.eval at the files."""
+  """Writes the embedded task of `task_cfg.kind` into `directory` (a local stand-in
+  for a URL, see above) and points task.train / task.eval at the files."""
+  if storage.is_url(directory):
+    key = hashlib.sha256(f'{directory}|{task_cfg.kind}|{seed}'.encode()).hexdigest()[:16]
+    directory = os.path.join(storage.default_cache_dir(), 'embedded_tasks', key)
   os.makedirs(directory, exist_ok=True)
   train, dev = WRITERS[task_cfg.kind](directory, seed=seed)
   task_cfg.train, task_cfg.eval = train, dev

@@ -14,6 +14,11 @@ A prepared directory holds:
 
 A record is little-endian int32: `[S, len_1, ..., len_S, ids of sentence 1, ...,
 ids of sentence S]`. Splits are read as stored, whatever rule picked them.
+
+The directory may be a URL (`gs://`): the manifest and tokenizer are read through
+epath, but the array_record reader opens only local files (on a URL it hangs), so
+each host stages the shards it reads to its local disk first (storage.local_copy,
+fetched once, again only when an object changes).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import os
 import numpy as np
 from array_record.python import array_record_module
 
+from bertjax import storage
 from bertjax.data import instance_store, tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
@@ -49,15 +55,14 @@ def fingerprint(tok: tokenizer_lib.Tokenizer) -> str:
 
 
 def is_prepared(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, MANIFEST))
+  return (storage.as_path(path) / MANIFEST).is_file()
 
 
 def read_manifest(out_dir: str) -> dict:
   if not is_prepared(out_dir):
     raise UserError(f'{out_dir} is not a prepared corpus (no {MANIFEST}); make one with '
                     '`bertjax data prepare --corpus ... --tokenizer DIR --out DIR`')
-  with open(os.path.join(out_dir, MANIFEST), encoding='utf-8') as f:
-    manifest = json.load(f)
+  manifest = json.loads((storage.as_path(out_dir) / MANIFEST).read_text())
   if manifest.get('format') != FORMAT or manifest.get('version') != VERSION:
     raise UserError(f'{out_dir} was prepared in another format; prepare it again')
   return manifest
@@ -86,7 +91,8 @@ def load_prepared(out_dir: str, split: str = 'train',
     raise UserError(f'{out_dir} has no split {split!r}; it has {sorted(manifest["splits"])}')
   documents = []
   for shard in manifest['splits'][split]['shards']:
-    reader = array_record_module.ArrayRecordReader(os.path.join(out_dir, shard))
+    reader = array_record_module.ArrayRecordReader(
+        storage.local_copy(storage.as_path(out_dir) / shard))
     documents.extend(decode_record(r) for r in reader.read_all())
     reader.close()
   return documents
@@ -94,7 +100,7 @@ def load_prepared(out_dir: str, split: str = 'train',
 
 def prepared_tokenizer(out_dir: str) -> tokenizer_lib.Tokenizer:
   read_manifest(out_dir)
-  return tokenizer_lib.load(os.path.join(out_dir, 'tokenizer'))
+  return tokenizer_lib.load(storage.as_path(out_dir) / 'tokenizer')
 
 
 def decoded_documents(out_dir: str) -> list[list[str]]:
@@ -110,7 +116,7 @@ def stored_instances(out_dir: str, settings: dict):
   stored = read_manifest(out_dir).get('instances')
   if not stored or stored['settings'] != settings or 'eval' not in stored['splits']:
     return None
-  directory = os.path.join(out_dir, 'instances')
+  directory = storage.local_copy(storage.as_path(out_dir) / 'instances')
   train, evaluation = (instance_store.InstanceSource(
       directory, stored['splits'][split]['shards'], settings['seq_len'])
                        for split in ('train', 'eval'))

@@ -5,6 +5,10 @@ Callers import the interface from here: `Tokenizer`, `encode_pair`,
 `find`/`load`/`save` pick SentencePiece (`spm.model`, defined here) or WordPiece
 (`vocab.txt`, wordpiece.py) from a tokenizer directory.
 
+The directory may be local or a URL (`gs://`): SentencePiece and `tokenizers` read only
+local files, so a remote model or vocabulary is staged to local disk first
+(storage.local_copy), and `.path` is that local file.
+
 SentencePiece word starts drive whole-word masking: a piece starts a word when it begins
 with '▁' or is a lone punctuation mark (ALBERT's rule).
 """
@@ -13,13 +17,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import unicodedata
 from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
+from bertjax import storage
 from bertjax.data.tokenizer_base import (SPECIAL_TOKENS, Tokenizer, encode_pair,
                                          encode_with_special_tokens)
 from bertjax.data.wordpiece import WordPieceTokenizer
@@ -32,31 +36,32 @@ __all__ = ['SPECIAL_TOKENS', 'SentencePieceTokenizer', 'Tokenizer', 'WordPieceTo
 _SP_WORD_BOUNDARY = '\u2581'
 
 
-def find(directory: str) -> Tokenizer | None:
+def find(directory: str | os.PathLike) -> Tokenizer | None:
   """The tokenizer saved in a workdir's `tokenizer/` directory, or None."""
-  spm_path = os.path.join(directory, 'spm.model')
-  if os.path.isfile(spm_path):
-    return SentencePieceTokenizer(spm_path)
-  vocab_path = os.path.join(directory, 'vocab.txt')
-  if os.path.isfile(vocab_path):
+  directory = storage.as_path(directory)
+  if (directory / 'spm.model').is_file():
+    return SentencePieceTokenizer(directory / 'spm.model')
+  if (directory / 'vocab.txt').is_file():
     lower = True
-    config_path = os.path.join(directory, 'tokenizer_config.json')
-    if os.path.isfile(config_path):
-      with open(config_path, encoding='utf-8') as f:
-        lower = bool(json.load(f).get('do_lower_case', True))
-    return WordPieceTokenizer(vocab_path, do_lower_case=lower)
+    config_path = directory / 'tokenizer_config.json'
+    if config_path.is_file():
+      lower = bool(json.loads(config_path.read_text()).get('do_lower_case', True))
+    return WordPieceTokenizer(storage.local_copy(directory / 'vocab.txt'), do_lower_case=lower)
   return None
 
 
-def save(tok: Tokenizer, directory: str) -> None:
+def save(tok: Tokenizer, directory: str | os.PathLike) -> None:
   """Writes `tok` into a workdir's `tokenizer/` directory, where `find` reads it."""
-  os.makedirs(directory, exist_ok=True)
+  directory = storage.as_path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  with open(tok.path, 'rb') as f:
+    content = f.read()
   if isinstance(tok, SentencePieceTokenizer):
-    shutil.copyfile(tok.path, os.path.join(directory, 'spm.model'))
+    storage.write_atomic(directory / 'spm.model', content)
     return
-  shutil.copyfile(tok.path, os.path.join(directory, 'vocab.txt'))
-  with open(os.path.join(directory, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
-    json.dump({'do_lower_case': tok.do_lower_case}, f)
+  storage.write_atomic(directory / 'vocab.txt', content)
+  storage.write_atomic(directory / 'tokenizer_config.json',
+                       json.dumps({'do_lower_case': tok.do_lower_case}))
 
 
 def load(directory: str) -> Tokenizer:
@@ -73,9 +78,11 @@ def _is_punctuation(piece: str) -> bool:
 class SentencePieceTokenizer:
   """A SentencePiece model with [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4."""
 
-  def __init__(self, model_path: str):
-    if not os.path.isfile(model_path):
+  def __init__(self, model_path: str | os.PathLike):
+    model_path = os.fspath(model_path)
+    if not storage.is_url(model_path) and not os.path.isfile(model_path):
       raise UserError(f'tokenizer model {model_path!r} not found')
+    model_path = storage.local_copy(model_path)  # SentencePiece reads local files only
     self.path = model_path
     self.sp = spm.SentencePieceProcessor(model_file=model_path)
     ids = [self.sp.piece_to_id(t) for t in SPECIAL_TOKENS]
@@ -114,9 +121,6 @@ def train_sentencepiece(sentences: Iterable[str], out_path: str, *, vocab_size: 
       # A small corpus may not fill vocab_size; take what it supports.
       hard_vocab_limit=False, character_coverage=0.9995,
       num_threads=os.cpu_count() or 1, minloglevel=2)
-  os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
-  tmp = out_path + '.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(model.getvalue())
-  os.replace(tmp, out_path)
+  storage.as_path(out_path).parent.mkdir(parents=True, exist_ok=True)
+  storage.write_atomic(out_path, model.getvalue())
   return SentencePieceTokenizer(out_path)
