@@ -36,7 +36,8 @@ def split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> list
 
 def _train(args, overrides):
   import jax
-  from bertjax import distributed, finetune, sharding, train
+  from bertjax import compilation_cache, distributed, finetune, sharding, train
+  compilation_cache.setup()
   # Before validation: its backend check would start JAX, which must join hosts first.
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          expect_devices=args.expect_devices)
@@ -67,18 +68,31 @@ def _evaluate(args, overrides):
 
 
 def _bench(args, overrides):
+  from bertjax import compilation_cache
+  cache = (compilation_cache.setup(), compilation_cache.HitCounter())
   if args.finetune != bool(args.workdir):
     raise UserError('--finetune and --workdir go together: bertjax bench --finetune '
                     '--config FILE.py[:arg] --workdir W')
   if args.suite:
-    if args.peers or args.data or args.finetune:
+    if args.peers or args.data or args.finetune or args.ablate or args.compile_only:
       raise UserError('--suite measures the entries of the suite file, their peers '
-                      'included; drop --peers, --data and --finetune')
+                      'included; drop --peers, --data, --finetune, --ablate and --compile_only')
     from bertjax.bench import suite
     suite.run(args.suite, overrides, steps_to_time=args.steps, rounds=args.rounds,
               as_json=args.json)
     return
   config = _config_from_args(args.config, overrides)
+  if args.ablate:
+    if args.peers or args.data or args.finetune or args.compile_only:
+      raise UserError('--ablate times variants of the step alone; drop --peers, --data, '
+                      '--finetune and --compile_only')
+    from bertjax.bench import ablation
+    ablation.run(config, args.ablate, rounds=args.rounds, steps_per_round=args.steps,
+                 as_json=args.json)
+    return
+  if args.compile_only and (args.peers or args.data or args.finetune):
+    raise UserError('--compile_only compiles the step and stops; drop --peers, --data and '
+                    '--finetune')
   if args.finetune:
     if args.peers or args.data:
       raise UserError('--finetune fine-tunes beside transformers; drop --peers and --data')
@@ -92,7 +106,8 @@ def _bench(args, overrides):
     print(json.dumps(rows) if args.json else peers.format_table(rows))
     return
   from bertjax.bench import step
-  step.run(config, steps_to_time=args.steps, as_json=args.json, data_workdir=args.data)
+  step.run(config, steps_to_time=args.steps, as_json=args.json, data_workdir=args.data,
+           compile_only=args.compile_only, cache=cache)
 
 
 def _import(args, overrides):
@@ -188,8 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
 
   bench = commands.add_parser(
       'bench', help='measure train-step throughput (and MFU) of a config',
-      description='Times the jitted train step on synthetic batches shaped like the config; '
-      'with --finetune, fine-tunes beside transformers instead.')
+      description='Times the jitted train step on synthetic batches shaped like the config '
+      "and reports XLA's memory analysis of it; with --finetune, fine-tunes beside "
+      'transformers instead. Compiled steps are kept in the persistent compilation cache '
+      '(BERTJAX_COMPILATION_CACHE, default ~/.cache/bertjax/jax; "off" turns it off).')
   what = bench.add_mutually_exclusive_group(required=True)
   what.add_argument('--config', help='experiments/FILE.py[:arg]')
   what.add_argument('--suite', metavar='FILE.py:NAME',
@@ -204,7 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument('--peers', action='store_true',
                      help='also run transformers (PyTorch eager, torch.compile) on the same '
                      'shapes, interleaved, and print the ratios')
-  bench.add_argument('--rounds', type=int, default=5, help='interleaved rounds beside the peers')
+  bench.add_argument('--rounds', type=int, default=5,
+                     help='interleaved rounds beside the peers or of the --ablate variants')
+  bench.add_argument('--compile_only', action='store_true',
+                     help='compile the step from shapes alone and report its memory '
+                     'analysis, without allocating or timing it')
+  bench.add_argument('--ablate', nargs='?', const='all', metavar='VARIANTS',
+                     help='time the step beside variants that leave one stage out or change '
+                     'it, against the matmul-only floor: all (the default) or some of '
+                     'no_dropout,no_optimizer,forward,threefry_dropout,xla_attention,'
+                     'cudnn_attention')
   bench.add_argument('--finetune', action='store_true',
                      help="fine-tune the config's init (a Hugging Face directory) with "
                      'bertjax and with transformers alike and print both accuracies and '
