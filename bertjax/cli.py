@@ -74,25 +74,29 @@ def _bench(args, overrides):
     raise UserError('--finetune and --workdir go together: bertjax bench --finetune '
                     '--config FILE.py[:arg] --workdir W')
   if args.suite:
-    if args.peers or args.data or args.finetune or args.ablate or args.compile_only:
+    if (args.peers or args.data or args.finetune or args.ablate or args.compile_only
+        or args.profile):
       raise UserError('--suite measures the entries of the suite file, their peers '
-                      'included; drop --peers, --data, --finetune, --ablate and --compile_only')
+                      'included; drop --peers, --data, --finetune, --ablate, --compile_only '
+                      'and --profile')
     from bertjax.bench import suite
     suite.run(args.suite, overrides, steps_to_time=args.steps, rounds=args.rounds,
               as_json=args.json)
     return
   config = _config_from_args(args.config, overrides)
   if args.ablate:
-    if args.peers or args.data or args.finetune or args.compile_only:
+    if args.peers or args.data or args.finetune or args.compile_only or args.profile:
       raise UserError('--ablate times variants of the step alone; drop --peers, --data, '
-                      '--finetune and --compile_only')
+                      '--finetune, --compile_only and --profile')
     from bertjax.bench import ablation
     ablation.run(config, args.ablate, rounds=args.rounds, steps_per_round=args.steps,
                  as_json=args.json)
     return
-  if args.compile_only and (args.peers or args.data or args.finetune):
-    raise UserError('--compile_only compiles the step and stops; drop --peers, --data and '
-                    '--finetune')
+  if args.compile_only and (args.peers or args.data or args.finetune or args.profile):
+    raise UserError('--compile_only compiles the step and stops; drop --peers, --data, '
+                    '--finetune and --profile')
+  if args.profile and (args.peers or args.finetune):
+    raise UserError('--profile traces the bench step alone; drop --peers and --finetune')
   if args.finetune:
     if args.peers or args.data:
       raise UserError('--finetune fine-tunes beside transformers; drop --peers and --data')
@@ -107,7 +111,7 @@ def _bench(args, overrides):
     return
   from bertjax.bench import step
   step.run(config, steps_to_time=args.steps, as_json=args.json, data_workdir=args.data,
-           compile_only=args.compile_only, cache=cache)
+           compile_only=args.compile_only, cache=cache, profile_dir=args.profile)
 
 
 def _import(args, overrides):
@@ -226,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument('--compile_only', action='store_true',
                      help='compile the step from shapes alone and report its memory '
                      'analysis, without allocating or timing it')
+  bench.add_argument('--profile', metavar='DIR',
+                     help='after timing, write a jax.profiler trace of three steps to DIR and '
+                     'print its top ops by time (python -m bertjax.bench.profile_summary DIR '
+                     'prints it again)')
   bench.add_argument('--ablate', nargs='?', const='all', metavar='VARIANTS',
                      help='time the step beside variants that leave one stage out or change '
                      'it, against the matmul-only floor: all (the default) or some of '

@@ -194,14 +194,26 @@ def format_table(result: dict) -> str:
 
 
 def run(config, *, steps_to_time: int, as_json: bool, data_workdir: str | None,
-        compile_only: bool = False, cache=None) -> dict:
-  """`cache`: (directory or None, compilation_cache.HitCounter) when the CLI set it up."""
-  result = measure(config, steps_to_time=steps_to_time,
-                   step=compile_step(config, allocate=not compile_only))
+        compile_only: bool = False, cache=None, profile_dir: str | None = None) -> dict:
+  """`cache`: (directory or None, compilation_cache.HitCounter) when the CLI set it up.
+  `profile_dir`: after timing, trace three steps there and summarise their top ops."""
+  compiled = compile_step(config, allocate=not compile_only)
+  result = measure(config, steps_to_time=steps_to_time, step=compiled)
+  if profile_dir:
+    from bertjax.bench import profile_summary
+    with jax.profiler.trace(profile_dir):
+      compiled.run(3)
+    result['profile'] = profile_summary.summarise(profile_summary.newest_trace(profile_dir))
   if cache is not None:
     result['compilation_cache'] = dict(dir=cache[0], hits=cache[1].hits,
                                        misses=cache[1].misses)
   if data_workdir:
     result['padding_efficiency'] = padding_efficiency(config, data_workdir)
-  print(json.dumps(result) if as_json else format_table(result))
+  if as_json:
+    print(json.dumps(result))
+  else:
+    print(format_table(result))
+    if profile_dir:
+      from bertjax.bench import profile_summary
+      print('\n' + profile_summary.format_table(result['profile']))
   return result
