@@ -106,7 +106,9 @@ def _bench(args, overrides):
   if args.peers:
     import json
     from bertjax.bench import peers
-    rows = peers.compare(config, rounds=args.rounds, steps_per_round=args.steps)
+    systems = peers.select(args.peers)
+    rows = peers.compare(config, rounds=args.rounds, steps_per_round=args.steps,
+                         with_compile='compile' in systems, with_flax='flax' in systems)
     print(json.dumps(rows) if args.json else peers.format_table(rows))
     return
   from bertjax.bench import step
@@ -222,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument('--data', metavar='WORKDIR',
                      help='also measure padding efficiency of the real input (builds the '
                      'tokenizer into WORKDIR)')
-  bench.add_argument('--peers', action='store_true',
-                     help='also run transformers (PyTorch eager, torch.compile) on the same '
-                     'shapes, interleaved, and print the ratios')
+  bench.add_argument('--peers', nargs='?', const='all', metavar='SYSTEMS',
+                     help='also run transformers on the same shapes, interleaved, and print '
+                     'the ratios: all (the default) or some of eager,compile,flax (PyTorch '
+                     'eager is always run)')
   bench.add_argument('--rounds', type=int, default=5,
                      help='interleaved rounds beside the peers or of the --ablate variants')
   bench.add_argument('--compile_only', action='store_true',
