@@ -68,6 +68,14 @@ def _evaluate(args, overrides):
 
 
 def _bench(args, overrides):
+  if args.mode == 'data':
+    _bench_data(args, overrides)
+    return
+  if args.corpus:
+    raise UserError('--corpus is for `bertjax bench data --corpus DIR`')
+  if not (args.config or args.suite):
+    raise UserError('bench needs --config FILE.py[:arg] or --suite FILE.py:NAME '
+                    '(or: bertjax bench data --corpus PREPARED_DIR)')
   from bertjax import compilation_cache
   cache = (compilation_cache.setup(), compilation_cache.HitCounter())
   if args.finetune != bool(args.workdir):
@@ -114,6 +122,16 @@ def _bench(args, overrides):
   from bertjax.bench import step
   step.run(config, steps_to_time=args.steps, as_json=args.json, data_workdir=args.data,
            compile_only=args.compile_only, cache=cache, profile_dir=args.profile)
+
+
+def _bench_data(args, overrides):
+  _no_overrides(overrides, 'bench data')
+  if not args.corpus or args.config or args.suite:
+    raise UserError('bench data measures a prepared corpus: bertjax bench data --corpus DIR '
+                    '(from `bertjax data prepare`), without --config or --suite')
+  from bertjax.bench import data
+  data.run(args.corpus, kinds=args.kinds, seq_len=args.seq_len, batch=args.batch,
+           batches=args.steps, as_json=args.json)
 
 
 def _import(args, overrides):
@@ -213,13 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
       "and reports XLA's memory analysis of it; with --finetune, fine-tunes beside "
       'transformers instead. Compiled steps are kept in the persistent compilation cache '
       '(BERTJAX_COMPILATION_CACHE, default ~/.cache/bertjax/jax; "off" turns it off).')
-  what = bench.add_mutually_exclusive_group(required=True)
+  bench.add_argument('mode', nargs='?', choices=['data'],
+                     help='data: input-pipeline tokens/s per masking kind on one core, from '
+                     'a prepared corpus (--corpus), instead of the train step')
+  what = bench.add_mutually_exclusive_group()
   what.add_argument('--config', help='experiments/FILE.py[:arg]')
   what.add_argument('--suite', metavar='FILE.py:NAME',
                     help="the file's get_suite(NAME): several configs in one run, each "
                     'judged against its targets (e.g. experiments/bench.py:h200)')
   bench.add_argument('--steps', type=int, default=20,
-                     help='timed steps after warm-up (beside the peers: steps a round)')
+                     help='timed steps after warm-up (beside the peers: steps a round; '
+                     'bench data: batches a kind)')
+  data_flags = bench.add_argument_group('bench data')
+  data_flags.add_argument('--corpus', help='a directory from `bertjax data prepare`')
+  data_flags.add_argument('--kinds', help='comma-separated masking kinds (default: all)')
+  data_flags.add_argument('--seq_len', type=int, default=128)
+  data_flags.add_argument('--batch', type=int, default=256)
   bench.add_argument('--json', action='store_true', help='JSON instead of a table')
   bench.add_argument('--data', metavar='WORKDIR',
                      help='also measure padding efficiency of the real input (builds the '
