@@ -127,7 +127,7 @@ def figure(name):
     path = os.path.join(out, name + '.out')
     lines = open(path).read().splitlines() if os.path.exists(path) else []
     ops = [l for l in lines if l.startswith('| `')][:3]
-    return 'top ops: ' + ', '.join(l.split('|')[1].strip() + l.split('|')[3] for l in ops)
+    return 'top ops: ' + ', '.join(l.split('|')[1].strip() + l.split('|')[4] for l in ops)
   if name == 'large_512_memory' and data and data['compiled_memory']:
     return f'temp {data["compiled_memory"]["temp"] / 2**30:.2f} GiB'
   return '-'

@@ -20,13 +20,16 @@ class _Event:
   name: str
   start_ns: float
   duration_ns: float
+  stats: tuple = ()
 
 
 def test_an_op_counts_its_own_time_less_the_ops_inside_it():
   events = [_Event('ThunkExecutor::Execute', 0, 100), _Event('fusion.1', 10, 50),
             _Event('dot.2', 20, 30), _Event('copy.3', 70, 20)]
-  assert dict(profile_summary._self_times(events)) == {
+  assert {e.name: ns for e, ns in profile_summary._self_times(events)} == {
       'ThunkExecutor::Execute': 30, 'fusion.1': 20, 'dot.2': 30, 'copy.3': 20}
+  assert profile_summary._module(_Event('dot.2', 0, 1, (('hlo_module', 'jit_step'),))) == \
+      'jit_step'
   assert not profile_summary._is_op('ThunkExecutor::Execute')
   assert not profile_summary._is_op('$step.py:95 run')
   assert profile_summary._is_op('fusion.1')
@@ -39,7 +42,8 @@ def test_bench_profile_traces_the_step_and_the_module_summarises_it(tmp_path, ca
   assert main(['bench', '--config', BENCH + ':local', '--steps', '1', '--profile', str(trace),
                '--config.mesh.data=1']) == 0
   out = capsys.readouterr().out
-  assert '| op | time | share | calls |' in out and 'host time on the CPU threads' in out
+  assert '| op | module | time | share | calls |' in out and 'jit_train_step' in out
+  assert 'host time summed over the CPU threads' in out
   assert profile_summary.main([str(trace), '--top', '5', '--json']) == 0
   summary = json.loads(capsys.readouterr().out)
   assert len(summary['ops']) == 5 and summary['distinct_ops'] > 5

@@ -41,17 +41,26 @@ def _is_op(name: str) -> bool:
   return '::' not in name and not name.startswith(('$', 'end: '))
 
 
-def _self_times(events) -> list[tuple[str, float]]:
-  """(name, own time in ns) of each event on one line, less the events nested in it."""
+def _module(event) -> str:
+  """The XLA module (jitted function) an op event belongs to, where the trace says."""
+  for key, value in event.stats:
+    if key == 'hlo_module':
+      return str(value)
+  return '-'
+
+
+def _self_times(events) -> list[tuple[object, float]]:
+  """(event, own time in ns) of each event on one line, less the events nested in it.
+  `events` are ProfileData events or anything with name, start_ns and duration_ns."""
   events = sorted(events, key=lambda e: (e.start_ns, -e.duration_ns))
-  own, stack = [], []  # stack: (end_ns, index into own)
+  own, stack = [], []  # own: (event, own ns); stack: (end_ns, index into own)
   for e in events:
     while stack and stack[-1][0] <= e.start_ns:
       stack.pop()
     if stack:
       parent = stack[-1][1]
       own[parent] = (own[parent][0], own[parent][1] - e.duration_ns)
-    own.append((e.name, e.duration_ns))
+    own.append((e, e.duration_ns))
     stack.append((e.start_ns + e.duration_ns, len(own) - 1))
   return own
 
@@ -66,22 +75,25 @@ def summarise(paths: list[str], top: int = 20) -> dict:
   if device_lines:
     source = f'device time, the {_DEVICE_OPS_LINE!r} line of ' + ', '.join(sorted(
         {p.name for p in planes if p.name.startswith('/device:')}))
-    timed = [(e.name, e.duration_ns) for line in device_lines for e in line.events]
+    timed = [(e, e.duration_ns) for line in device_lines for e in line.events]
   else:
-    source = 'host time on the CPU threads that ran XLA ops (own time, runtime scopes left out)'
+    source = ('host time summed over the CPU threads that ran XLA ops (own time, runtime '
+              'scopes left out)')
     timed = [pair for plane in planes if plane.name.startswith('/host:')
              for line in plane.lines if line.name not in _HOST_LINES_SKIPPED
              for pair in _self_times(line.events)]
-  for name, ns in timed:
-    if _is_op(name) and ns > 0:
-      totals[name] += ns
-      counts[name] += 1
+  for event, ns in timed:
+    if _is_op(event.name) and ns > 0:
+      key = (_module(event), event.name)
+      totals[key] += ns
+      counts[key] += 1
   total = sum(totals.values())
   if not total:
     raise UserError(f'the trace in {os.path.dirname(paths[0])} holds no timed XLA ops; '
                     'trace a few steps after compilation')
-  ops = [dict(op=name, ms=ns / 1e6, share=ns / total, count=counts[name])
-         for name, ns in totals.most_common(top)]
+  ops = [dict(module=module, op=name, ms=ns / 1e6, share=ns / total,
+              count=counts[module, name])
+         for (module, name), ns in totals.most_common(top)]
   return dict(trace=os.path.dirname(paths[0]), source=source, total_ms=total / 1e6,
               distinct_ops=len(totals), ops=ops)
 
@@ -89,9 +101,9 @@ def summarise(paths: list[str], top: int = 20) -> dict:
 def format_table(summary: dict) -> str:
   lines = [f'Top {len(summary["ops"])} of {summary["distinct_ops"]} ops by {summary["source"]}; '
            f'{summary["total_ms"]:,.1f} ms in all (`{summary["trace"]}`)', '',
-           '| op | time | share | calls |', '| --- | ---: | ---: | ---: |']
-  lines += [f'| `{o["op"]}` | {o["ms"]:,.2f} ms | {100 * o["share"]:.1f}% | {o["count"]} |'
-            for o in summary['ops']]
+           '| op | module | time | share | calls |', '| --- | --- | ---: | ---: | ---: |']
+  lines += [f'| `{o["op"]}` | {o["module"]} | {o["ms"]:,.2f} ms | {100 * o["share"]:.1f}% '
+            f'| {o["count"]} |' for o in summary['ops']]
   return '\n'.join(lines)
 
 
