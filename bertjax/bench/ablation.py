@@ -15,7 +15,7 @@ figure is the median over rounds):
 
 Each row sits beside its matmul-only floor: its FLOPs (DESIGN.md's count; a forward
 is a third of a train step's) at the rate this device reaches on one large square
-matmul in the config's dtype, measured first. A variant that cannot run here (cuDNN
+matmul in the config's dtype, timed in the same rounds. A variant that cannot run here (cuDNN
 without an NVIDIA GPU) gets a row saying why, not a figure.
 """
 from __future__ import annotations
@@ -89,18 +89,17 @@ def _dropout_generator(threefry: bool):
     layers.keep_mask = original
 
 
-def matmul_rate(dtype: str, n: int | None = None, repeats: int = 10) -> dict:
-  """FLOP/s of one n x n by n x n matmul on the default device, median of `repeats`."""
+def matmul_runner(dtype: str, n: int | None = None) -> tuple[Callable[[int], None], int]:
+  """(run(k): k n x n by n x n matmuls on the default device, FLOPs of one)."""
   n = n or (2048 if jax.default_backend() == 'cpu' else 8192)
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
   matmul = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(matmul(a, a))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(matmul(a, a))
-    times.append(time.perf_counter() - start)
-  return dict(n=n, dtype=dtype, flops_per_sec=2 * n**3 / statistics.median(times))
+
+  def run(k: int) -> None:
+    for _ in range(k):
+      out = matmul(a, a)
+    jax.block_until_ready(out)
+  return run, n
 
 
 def _gradient_runners(config, stage: str) -> tuple[Callable[[int], None], float, dict | None]:
@@ -163,9 +162,11 @@ def measure(config, variants: list[Variant], *, rounds: int, steps_per_round: in
   b, length = config.train.batch_size, config.data.seq_len
   step_flops = b * length * flops.train_flops_per_token(
       model_cfg, length, config.data.masking.max_predictions)
-  matmul = matmul_rate(config.model.dtype)
   rows = [_prepare(config, v) for v in variants]
-  runnable = [r for r in rows if 'run' in r]
+  # The matmul rate is timed in the same rounds, so load on the machine hits it alike.
+  matmul_run, n = matmul_runner(config.model.dtype)
+  matmul_row = dict(run=matmul_run)
+  runnable = [r for r in rows if 'run' in r] + [matmul_row]
   for row in runnable:
     row['run'](2)  # warm-up: first-call work, allocator, caches
     row['times'] = []
@@ -174,6 +175,8 @@ def measure(config, variants: list[Variant], *, rounds: int, steps_per_round: in
       start = time.perf_counter()
       row['run'](steps_per_round)
       row['times'].append((time.perf_counter() - start) / steps_per_round)
+  matmul = dict(n=n, dtype=config.model.dtype,
+                flops_per_sec=2 * n**3 / statistics.median(matmul_row['times']))
   stages = {v.name: v.stage for v in variants}
   full_time = None
   for row in rows:
