@@ -36,7 +36,8 @@ def split_overrides(unknown: list[str], parser: argparse.ArgumentParser) -> list
 
 def _train(args, overrides):
   import jax
-  from bertjax import distributed, finetune, sharding, train
+  from bertjax import compilation_cache, distributed, finetune, sharding, train
+  compilation_cache.setup()
   # Before validation: its backend check would start JAX, which must join hosts first.
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          expect_devices=args.expect_devices)
@@ -67,18 +68,43 @@ def _evaluate(args, overrides):
 
 
 def _bench(args, overrides):
+  if args.mode == 'data':
+    _bench_data(args, overrides)
+    return
+  if args.corpus:
+    raise UserError('--corpus is for `bertjax bench data --corpus DIR`')
+  if not (args.config or args.suite):
+    raise UserError('bench needs --config FILE.py[:arg] or --suite FILE.py:NAME '
+                    '(or: bertjax bench data --corpus PREPARED_DIR)')
+  from bertjax import compilation_cache
+  cache = (compilation_cache.setup(), compilation_cache.HitCounter())
   if args.finetune != bool(args.workdir):
     raise UserError('--finetune and --workdir go together: bertjax bench --finetune '
                     '--config FILE.py[:arg] --workdir W')
   if args.suite:
-    if args.peers or args.data or args.finetune:
+    if (args.peers or args.data or args.finetune or args.ablate or args.compile_only
+        or args.profile):
       raise UserError('--suite measures the entries of the suite file, their peers '
-                      'included; drop --peers, --data and --finetune')
+                      'included; drop --peers, --data, --finetune, --ablate, --compile_only '
+                      'and --profile')
     from bertjax.bench import suite
     suite.run(args.suite, overrides, steps_to_time=args.steps, rounds=args.rounds,
               as_json=args.json)
     return
   config = _config_from_args(args.config, overrides)
+  if args.ablate:
+    if args.peers or args.data or args.finetune or args.compile_only or args.profile:
+      raise UserError('--ablate times variants of the step alone; drop --peers, --data, '
+                      '--finetune, --compile_only and --profile')
+    from bertjax.bench import ablation
+    ablation.run(config, args.ablate, rounds=args.rounds, steps_per_round=args.steps,
+                 as_json=args.json)
+    return
+  if args.compile_only and (args.peers or args.data or args.finetune or args.profile):
+    raise UserError('--compile_only compiles the step and stops; drop --peers, --data, '
+                    '--finetune and --profile')
+  if args.profile and (args.peers or args.finetune):
+    raise UserError('--profile traces the bench step alone; drop --peers and --finetune')
   if args.finetune:
     if args.peers or args.data:
       raise UserError('--finetune fine-tunes beside transformers; drop --peers and --data')
@@ -88,11 +114,24 @@ def _bench(args, overrides):
   if args.peers:
     import json
     from bertjax.bench import peers
-    rows = peers.compare(config, rounds=args.rounds, steps_per_round=args.steps)
+    systems = peers.select(args.peers)
+    rows = peers.compare(config, rounds=args.rounds, steps_per_round=args.steps,
+                         with_compile='compile' in systems, with_flax='flax' in systems)
     print(json.dumps(rows) if args.json else peers.format_table(rows))
     return
   from bertjax.bench import step
-  step.run(config, steps_to_time=args.steps, as_json=args.json, data_workdir=args.data)
+  step.run(config, steps_to_time=args.steps, as_json=args.json, data_workdir=args.data,
+           compile_only=args.compile_only, cache=cache, profile_dir=args.profile)
+
+
+def _bench_data(args, overrides):
+  _no_overrides(overrides, 'bench data')
+  if not args.corpus or args.config or args.suite:
+    raise UserError('bench data measures a prepared corpus: bertjax bench data --corpus DIR '
+                    '(from `bertjax data prepare`), without --config or --suite')
+  from bertjax.bench import data
+  data.run(args.corpus, kinds=args.kinds, seq_len=args.seq_len, batch=args.batch,
+           batches=args.steps, as_json=args.json)
 
 
 def _import(args, overrides):
@@ -188,23 +227,48 @@ def build_parser() -> argparse.ArgumentParser:
 
   bench = commands.add_parser(
       'bench', help='measure train-step throughput (and MFU) of a config',
-      description='Times the jitted train step on synthetic batches shaped like the config; '
-      'with --finetune, fine-tunes beside transformers instead.')
-  what = bench.add_mutually_exclusive_group(required=True)
+      description='Times the jitted train step on synthetic batches shaped like the config '
+      "and reports XLA's memory analysis of it; with --finetune, fine-tunes beside "
+      'transformers instead. Compiled steps are kept in the persistent compilation cache '
+      '(BERTJAX_COMPILATION_CACHE, default ~/.cache/bertjax/jax; "off" turns it off).')
+  bench.add_argument('mode', nargs='?', choices=['data'],
+                     help='data: input-pipeline tokens/s per masking kind on one core, from '
+                     'a prepared corpus (--corpus), instead of the train step')
+  what = bench.add_mutually_exclusive_group()
   what.add_argument('--config', help='experiments/FILE.py[:arg]')
   what.add_argument('--suite', metavar='FILE.py:NAME',
                     help="the file's get_suite(NAME): several configs in one run, each "
                     'judged against its targets (e.g. experiments/bench.py:h200)')
   bench.add_argument('--steps', type=int, default=20,
-                     help='timed steps after warm-up (beside the peers: steps a round)')
+                     help='timed steps after warm-up (beside the peers: steps a round; '
+                     'bench data: batches a kind)')
+  data_flags = bench.add_argument_group('bench data')
+  data_flags.add_argument('--corpus', help='a directory from `bertjax data prepare`')
+  data_flags.add_argument('--kinds', help='comma-separated masking kinds (default: all)')
+  data_flags.add_argument('--seq_len', type=int, default=128)
+  data_flags.add_argument('--batch', type=int, default=256)
   bench.add_argument('--json', action='store_true', help='JSON instead of a table')
   bench.add_argument('--data', metavar='WORKDIR',
                      help='also measure padding efficiency of the real input (builds the '
                      'tokenizer into WORKDIR)')
-  bench.add_argument('--peers', action='store_true',
-                     help='also run transformers (PyTorch eager, torch.compile) on the same '
-                     'shapes, interleaved, and print the ratios')
-  bench.add_argument('--rounds', type=int, default=5, help='interleaved rounds beside the peers')
+  bench.add_argument('--peers', nargs='?', const='all', metavar='SYSTEMS',
+                     help='also run transformers on the same shapes, interleaved, and print '
+                     'the ratios: all (the default) or some of eager,compile,flax (PyTorch '
+                     'eager is always run)')
+  bench.add_argument('--rounds', type=int, default=5,
+                     help='interleaved rounds beside the peers or of the --ablate variants')
+  bench.add_argument('--compile_only', action='store_true',
+                     help='compile the step from shapes alone and report its memory '
+                     'analysis, without allocating or timing it')
+  bench.add_argument('--profile', metavar='DIR',
+                     help='after timing, write a jax.profiler trace of three steps to DIR and '
+                     'print its top ops by time (python -m bertjax.bench.profile_summary DIR '
+                     'prints it again)')
+  bench.add_argument('--ablate', nargs='?', const='all', metavar='VARIANTS',
+                     help='time the step beside variants that leave one stage out or change '
+                     'it, against the matmul-only floor: all (the default) or some of '
+                     'no_dropout,no_optimizer,forward,threefry_dropout,xla_attention,'
+                     'cudnn_attention')
   bench.add_argument('--finetune', action='store_true',
                      help="fine-tune the config's init (a Hugging Face directory) with "
                      'bertjax and with transformers alike and print both accuracies and '

@@ -4,6 +4,11 @@ bertjax bench --config experiments/bench.py:model=small,batch=32,seq_len=128
 bertjax bench --config experiments/bench.py:model=base,batch=256,dtype=bfloat16,attention=cudnn
 bertjax bench --config experiments/bench.py:model=large,batch=8,scan   # layers as one scan
 bertjax bench --config experiments/bench.py:local   # seconds, for tests
+bertjax bench --config experiments/bench.py:model=large,batch=8,seq_len=512 --compile_only
+  # XLA's memory analysis of the step, nothing allocated (add --config.model.remat=full)
+bertjax bench --config experiments/bench.py:local --ablate   # where the step's time goes
+bertjax bench --config experiments/bench.py:local --profile /tmp/trace   # top ops
+bertjax bench data --corpus PREPARED_DIR   # input tokens/s per masking kind, one core
 
 Suites measure several shapes in one run and mark issue 7's targets met or missed:
 bertjax bench --suite experiments/bench.py:h200   # one H100/H200, bf16 (the GPU record)

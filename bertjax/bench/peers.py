@@ -22,6 +22,7 @@ import numpy as np
 
 from bertjax import config_lib
 from bertjax.bench import flax_peer, step
+from bertjax.errors import UserError
 
 
 def _hf_config(config) -> dict:
@@ -86,6 +87,20 @@ def _flax_runner(config):
 TORCH_EAGER = 'transformers (PyTorch eager, SDPA)'
 TORCH_COMPILE = 'transformers (torch.compile)'
 FLAX = 'transformers 4.x (Flax, jit)'
+
+
+SYSTEMS = ('eager', 'compile', 'flax')
+
+
+def select(spec: str) -> set[str]:
+  """`--peers` SYSTEMS: 'all' or a comma-separated subset of SYSTEMS."""
+  if spec == 'all':
+    return set(SYSTEMS)
+  chosen = {name.strip() for name in spec.split(',') if name.strip()}
+  if not chosen or chosen - set(SYSTEMS):
+    raise UserError(f'--peers {spec!r}: name some of {",".join(SYSTEMS)} (comma-separated) '
+                    'or all')
+  return chosen
 
 
 def compare(config, *, rounds: int = 5, steps_per_round: int = 5, with_compile: bool = True,
