@@ -44,8 +44,6 @@ def test_flops_match_design_figures():
 
 
 def test_peers_side_by_side(capsys, tmp_path, monkeypatch):
-  pytest.importorskip('torch')
-  pytest.importorskip('transformers')
   monkeypatch.setenv(flax_peer.DIR_ENV, str(tmp_path))  # no transformers 4.x there
   config = config_lib.load_config(BENCH + ':local')
   config_lib.apply_overrides(config, ['mesh.data=1'])
@@ -68,8 +66,6 @@ def test_flax_peer_trains_in_its_subprocess():
 
 
 def test_suite_measures_each_shape_and_judges_its_targets(capsys, monkeypatch):
-  pytest.importorskip('torch')
-  pytest.importorskip('transformers')
   compare = peers.compare
   # The peers' slow parts (torch.compile, the Flax subprocess) have their own tests.
   monkeypatch.setattr(peers, 'compare', lambda config, **kw: compare(

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+import jax
 import pytest
 
 from bertjax import config_lib
@@ -35,7 +36,19 @@ def test_bad_sweep_configs_name_the_key():
     sweep.validate(pretrain_only)
 
 
-def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys):
+@pytest.fixture
+def restores_the_compile_cache_settings():
+  # sweep.run sets JAX's persistent compilation cache (process-wide) for its own
+  # workdir; the tests after this one keep the suite's settings.
+  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
+  before = {name: getattr(jax.config, name) for name in names}
+  yield
+  for name, value in before.items():
+    jax.config.update(name, value)
+
+
+def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys,
+                                                 restores_the_compile_cache_settings):
   workdir = str(tmp_path)
   argv = ['compare', '--config', SWEEP + ':local', '--workdir', workdir,
           *(f'--config.{o}' for o in SHRINK)]

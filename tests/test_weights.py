@@ -4,15 +4,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
+import transformers
 from safetensors.numpy import load_file, save_file
 
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
-
-import bertjax  # noqa: E402
-from bertjax import hf, weights  # noqa: E402
-from bertjax.cli import main  # noqa: E402
-from bertjax.errors import UserError  # noqa: E402
+import bertjax
+from bertjax import hf, weights
+from bertjax.cli import main
+from bertjax.errors import UserError
 
 WORDS = ['the', 'a', 'city', 'river', 'paris', 'france', 'is', 'in', 'of', '.', ',']
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
