@@ -83,15 +83,15 @@ def get_config(arg=None):
 def _gpu(c):
   """BERT-mini (4 layers, 256 wide) at length 128 on a prepared real-text corpus.
 
-  Budget: 7 variants x 20,000 steps x 256 rows x 128 tokens = 4.6B tokens. BERT-mini
-  costs about 6 x 11M params + attention ≈ 0.09 GFLOP a token to train (flops.py's
-  formula), so ~0.4 PFLOP in all; at 10% MFU of an H200's ~990 TFLOP/s bf16 that is
-  ~4 minutes of compute, but a model this small is bound by launch overhead and the
-  input pipeline, not FLOPs: the measured CPU step time of BERT-tiny (:local) scaled
-  by the width puts a step near 25 ms on the GPU, so 20,000 steps ≈ 8 minutes a
-  variant, ~55 minutes with the SST-2 fine-tunes (3 seeds x 1 epoch of 67K
-  sentences, ~1 minute each). Assumptions: data.workers=8 keeps masking off the
-  critical path; bf16 compute; one H200.
+  Budget: 7 variants x 20,000 steps x 256 rows x 128 tokens = 4.6B tokens. flops.py
+  puts BERT-mini at 0.028 GFLOP a trained token (vocab 30,522, 20 predictions a
+  row), so 1.3e17 FLOP in all: 22 minutes at an assumed 10% MFU of an H200's 989
+  TFLOP/s bf16 peak (a model this small keeps the GPU busy poorly; 9 ms a step).
+  The input side must keep up: 32,768 tokens a step in 9 ms is ~3.6M tokens/s,
+  hence 8 input workers (the host masks at a few 100K tokens/s a core). With the
+  held-out evaluations and 21 SST-2 fine-tunes (1 epoch of 67K sentences at batch
+  64, ~1,050 steps each, ~30 s with compilation), about an hour. Assumptions, not
+  measured on a GPU: the MFU, the per-core masking speed, one H200, bf16 compute.
   """
   p = c.pretrain
   p.model = config_lib.model_preset('mini')

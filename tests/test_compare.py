@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bertjax import config_lib
+from bertjax import config_lib, train
 from bertjax.compare import sweep
 from bertjax.cli import main
 from bertjax.errors import UserError
@@ -119,3 +119,21 @@ def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys):
   assert 'done before, read back' in capsys.readouterr().out
   assert sizes == {v: os.path.getsize(os.path.join(workdir, v, 'pretrain', 'metrics.jsonl'))
                    for v in rows}
+
+
+def test_gpu_sweep_dry_runs_on_the_cpu(tmp_path):
+  """:gpu at two steps: its variants validate and its BERT-mini (bf16) pre-trains with
+  the SBO head; only the corpus (real text on the GPU machine), the vocabulary a
+  corpus this small can train, and the input worker count (8 processes) are swapped."""
+  config = config_lib.apply_overrides(config_lib.load_config(SWEEP + ':gpu'), [
+      'pretrain.data.corpus=embedded', 'pretrain.data.embedded_documents=400',
+      'pretrain.data.tokenizer.vocab_size=512', 'pretrain.data.tokenizer.model_type=bpe',
+      'pretrain.data.workers=0', 'pretrain.train.steps=2', 'pretrain.train.batch_size=8',
+      'pretrain.train.eval_batches=1', 'pretrain.train.log_every=1',
+      'pretrain.train.checkpoint_every=2', 'pretrain.optim.warmup_steps=1'])
+  sweep.validate(config)
+  assert config.pretrain.model.preset == 'mini' and len(config.downstream_seeds) >= 3
+  assert config.downstream.task.kind == 'classify'
+  pre = sweep.variant_config(config, 'span_sbo')
+  results = train.train_and_evaluate(pre, str(tmp_path / 'span_sbo'))
+  assert results['sbo_loss'] > 0 and results['mlm_predictions'] > 0
