@@ -33,8 +33,13 @@ class NgramVocab:
   """A set of n-grams as tuples of token ids, and the cutting of a row into units."""
 
   def __init__(self, ngrams, max_n: int):
-    self.ngrams = frozenset(tuple(g) for g in ngrams)
+    self.ngrams = frozenset(tuple(int(i) for i in g) for g in ngrams)
     self.max_n = max_n
+    # The longest n-gram (in tokens) starting with each token: most words start none,
+    # so most words are settled by one dict lookup (masking runs per batch).
+    self.longest = {}
+    for g in self.ngrams:
+      self.longest[g[0]] = max(self.longest.get(g[0], 0), len(g))
 
   def __len__(self):
     return len(self.ngrams)
@@ -49,9 +54,10 @@ class NgramVocab:
     units, w, n = [], 0, len(first)
     while w < n:
       unit = (w, 1, size[w])
-      for m in range(min(self.max_n, left[w]), 1, -1):
+      longest = self.longest.get(ids[first[w]], 0)
+      for m in range(min(self.max_n, left[w]) if longest else 1, 1, -1):
         end = first[w + m - 1] + size[w + m - 1]
-        if tuple(ids[first[w]:end]) in self.ngrams:
+        if end - first[w] <= longest and tuple(ids[first[w]:end]) in self.ngrams:
           unit = (w, m, end - first[w])
           break
       units.append(unit)
