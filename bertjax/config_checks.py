@@ -70,6 +70,31 @@ def validate_pretrain(c, prefix: str) -> None:
                     f'{prefix}data.seq_len={d.seq_len}; pass '
                     f'--config.{prefix}data.masking.max_predictions=N with N <= {d.seq_len}')
   _at_least(prefix + 'data.masking.dupe_factor', m.dupe_factor, 0)
+  _masking(c, prefix)
+
+
+def _masking(c, prefix: str) -> None:
+  """The masking kind's needs, the replacement split, and room for the rate."""
+  m, key = c.data.masking, prefix + 'data.masking.'
+  needed = masking.predictions_needed(m.rate, c.data.seq_len)
+  if m.max_predictions < needed:
+    raise UserError(f'{key}max_predictions={m.max_predictions} cannot hold {key}rate={m.rate} '
+                    f'of a {c.data.seq_len}-token row ({needed} predictions); pass '
+                    f'--config.{key}max_predictions={masking.predictions_for(m.rate, c.data.seq_len)}'
+                    ' or a lower rate')
+  for name in ('mask_prob', 'random_prob'):
+    _within(key + name, m[name], 0.0, 1.0)
+  if m.mask_prob + m.random_prob > 1:
+    raise UserError(f'{key}mask_prob={m.mask_prob} + {key}random_prob={m.random_prob} exceed 1 '
+                    '(the rest of the chosen tokens stay unchanged); lower one of them')
+  if m.kind == 'pmi' and not m.pmi_vocab:
+    raise UserError(f"{key}kind='pmi' masks the n-grams of a PMI vocabulary, but {key}pmi_vocab "
+                    f'is empty; build one with `bertjax data pmi --corpus ... --tokenizer DIR '
+                    f'--out FILE` and pass --config.{key}pmi_vocab=FILE')
+  if c.model.sbo and m.kind not in masking.SPAN_KINDS:
+    raise UserError(f'{prefix}model.sbo=True predicts masked spans from their boundaries, but '
+                    f'{key}kind={m.kind!r} makes no spans; pass --config.{key}kind=span or '
+                    f'--config.{prefix}model.sbo=False')
 
 
 def validate_finetune(c, prefix: str, needs_init: bool = True) -> None:

@@ -59,6 +59,8 @@ def model_preset(name: str) -> ConfigDict:
       # Run the layers as one lax.scan body: compile time independent of depth.
       scan_layers=False,
       remat='none',  # activation checkpointing per layer: none|full|dots|dots_with_no_batch_dims
+      # SpanBERT's span-boundary objective beside MLM (needs data.masking.kind='span').
+      sbo=False,
   ))
 
 
@@ -117,7 +119,10 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   c.data.tokenizer = ConfigDict(dict(kind='sentencepiece', vocab_size=30000, model_type='unigram'))
   # dupe_factor 0: a fresh mask each time an instance is read (dynamic, RoBERTa);
   # k > 0: k fixed masks per instance, cycled by epoch (static, original BERT).
+  # Of the chosen tokens mask_prob become [MASK], random_prob a random token, the
+  # rest stay. kind='pmi' masks the n-grams of pmi_vocab (`bertjax data pmi`) as units.
   c.data.masking = ConfigDict(dict(kind='token', rate=0.15, max_predictions=20,
+                                   mask_prob=0.8, random_prob=0.1, pmi_vocab='',
                                    dupe_factor=0))
 
   c.train = ConfigDict()

@@ -1,6 +1,7 @@
-"""`bertjax data tokenizer|prepare|tfds|inspect`: build a vocabulary, pre-tokenize a
-corpus, build a tensorflow-datasets dataset from local files, and look at what
-training will see before spending accelerator time on it.
+"""`bertjax data tokenizer|prepare|pmi|tfds|inspect`: build a vocabulary, pre-tokenize a
+corpus, build a PMI n-gram vocabulary for PMI masking, build a tensorflow-datasets
+dataset from local files, and look at what training will see before spending
+accelerator time on it.
 
 `add_data_commands(subparsers)` registers the commands; each sets `run(args,
 overrides)` like the commands in `bertjax.cli`.
@@ -61,6 +62,28 @@ def _prepare(args, overrides):
   for split, counts in manifest.get('instances', {}).get('splits', {}).items():
     print(f'{split}: {counts["rows"]} instances of {args.seq_len} tokens')
   print(f'wrote {args.out}; train on it with --config.data.corpus={args.out}')
+
+
+def _pmi(args, overrides):
+  _no_overrides(overrides, 'pmi')
+  import tqdm
+  from bertjax.data import pmi, prepared, tokenizer
+  tok = tokenizer.load(args.tokenizer)
+  if prepared.is_prepared(args.corpus):  # already tokenized (checked against --tokenizer)
+    sentences = (s.tolist() for split in prepared.read_manifest(args.corpus)['splits']
+                 for d in prepared.load_prepared(args.corpus, split, tok) for s in d)
+  else:
+    documents = _documents(args)
+    sentences = (tok.encode(s) for d in tqdm.tqdm(documents, desc='counting n-grams',
+                                                  unit='doc', disable=None) for s in d)
+  ngrams = pmi.build(sentences, tok, min_count=args.min_count, size=args.size,
+                     max_n=args.max_n)
+  pmi.save(args.out, ngrams, tok, min_count=args.min_count, max_n=args.max_n,
+           corpus=args.corpus)
+  shown = ', '.join(repr(g['text']) for g in ngrams[:5])
+  print(f'wrote {args.out}: {len(ngrams)} n-grams of 2..{args.max_n} words seen at least '
+        f'{args.min_count} times (highest PMI: {shown}); mask with '
+        f'--config.data.masking.kind=pmi --config.data.masking.pmi_vocab={args.out}')
 
 
 def _pieces(tok, ids) -> str:
@@ -182,6 +205,18 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
   prep.add_argument('--sentence_objective', choices=['nsp', 'sop', 'none'], default='nsp')
   prep.add_argument('--packing', action='store_true', help='pack documents into full rows')
   prep.set_defaults(run=_prepare)
+
+  pmi_cmd = corpus_parser('pmi', 'build the PMI n-gram vocabulary that PMI masking masks '
+                          'as units (Levine et al. 2021)')
+  pmi_cmd.add_argument('--tokenizer', required=True,
+                       help='directory with spm.model or vocab.txt: the training run\'s tokenizer')
+  pmi_cmd.add_argument('--out', required=True, help='the vocabulary file to write (JSON)')
+  pmi_cmd.add_argument('--min_count', type=int, default=10,
+                       help='n-grams seen fewer times are not scored')
+  pmi_cmd.add_argument('--size', type=int, default=800_000,
+                       help='n-grams to keep, highest PMI first (the paper keeps ~800K)')
+  pmi_cmd.add_argument('--max_n', type=int, default=5, help='longest n-gram in words (2..5)')
+  pmi_cmd.set_defaults(run=_pmi)
 
   tfds_help = ('build a tensorflow-datasets dataset (array_record) from text files '
                '(local_text/NAME) or TSV files (local_tsv/NAME)')

@@ -1,29 +1,48 @@
 """Which masking objective gives the better encoder for a budget? Token, whole-word,
-span and n-gram masking, each pre-trained on the same data, seed, steps and tokens,
-then evaluated on held-out MLM (under common token masking and under its own) and
-fine-tuned downstream over several seeds. Writes WORKDIR/report.md, report.csv and
+span, n-gram and PMI masking, span masking with SpanBERT's span-boundary objective
+(span_sbo) and token masking at 40% (token_rate40, Wettig et al. 2023), each
+pre-trained on the same data, seed, steps and tokens, then evaluated on held-out MLM
+(under the common 15% token masking with 80/10/10, and under its own) and fine-tuned
+downstream over several seeds; the report gives 95% t-intervals and Holm-corrected
+paired t-tests against token masking. Writes WORKDIR/report.md, report.csv and
 plots; re-running resumes.
+
+A variant is a name in `variants`: a masking kind, or a key of `variant_overrides`
+(override strings on `pretrain`), e.g. 100% [MASK] at 40%:
+  --config.variant_overrides.token_rate40="('data.masking.rate=0.4','data.masking.mask_prob=1.0','data.masking.random_prob=0.0')"
+span_sbo differs from span by the SBO head only (the sentence objective is the shared
+one; SpanBERT's own recipe, without NSP, is experiments/bert_base_span.py:sbo).
 
 bertjax compare --config experiments/masking_sweep.py --workdir runs/sweep \
     --config.pretrain.data.corpus='/data/wiki/*.txt'
 bertjax compare --config experiments/masking_sweep.py:local --workdir /tmp/sweep
-  (:local: a tiny BERT on the embedded corpus, embedded QA downstream; about 9
-   minutes on 2 CPU cores)
+  (:local: a tiny BERT on the embedded corpus, embedded QA downstream, 3 seeds)
+bertjax compare --config experiments/masking_sweep.py:gpu --workdir runs/sweep_gpu \
+    --config.pretrain.data.corpus=/data/wikitext103_prepared
+  (:gpu: BERT-mini on real text, SST-2 downstream; about an hour on one H200, see
+   the estimate in get_config)
 """
 import os
 
 from bertjax import config_lib
-from bertjax.data import masking
 
 from .common import bert_recipe
 
+VARIANTS = ('token', 'whole_word', 'span', 'ngram', 'pmi', 'span_sbo', 'token_rate40')
+
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, local=False, model='base', steps=100_000)
+  a = config_lib.parse_arg(arg, local=False, gpu=False, model='base', steps=100_000)
   c = config_lib.ConfigDict()
   c.title = 'Masking objectives under one pre-training budget'
   c.notes = ()
-  c.variants = masking.KINDS
+  c.variants = VARIANTS
+  c.variant_overrides = config_lib.ConfigDict(dict(
+      span_sbo=('data.masking.kind=span', 'model.sbo=True'),
+      token_rate40=('data.masking.rate=0.4',)))
+  # The PMI vocabulary a pmi variant without data.masking.pmi_vocab gets, built from
+  # the training documents (the paper keeps ~800K n-grams of Wikipedia + books).
+  c.pmi_min_count, c.pmi_size = 10, 200_000
   # BERT's phase-1 recipe at a sweep-sized budget; warm-up 10% of the steps.
   c.pretrain = bert_recipe(a.model, None)
   c.pretrain.train.steps = a.steps
@@ -33,16 +52,23 @@ def get_config(arg=None):
   c.downstream.task.train = 'tfds:glue/sst2:train'
   c.downstream.task.eval = 'tfds:glue/sst2:validation'
   c.downstream_seeds = (0, 1, 2)
+  # More than one pre-training seed: the intervals then cover pre-training variance.
+  c.pretrain_seeds = (0,)
+  if a.gpu:
+    c.title += ' (GPU: BERT-mini on real text)'
+    _gpu(c)
   if a.local:
     c.title += ' (local: tiny BERT, embedded corpus)'
     c.notes = ('Downstream: extractive QA on generated biographies (home town, job, '
                "pet's name), one epoch, so the score shows how quickly each encoder "
                'learns to read a paragraph for an answer span.',)
     p = config_lib.load_config(os.path.join(os.path.dirname(__file__), 'quickstart.py'))
-    # The quickstart's 600 steps at half its batch: four variants fit the budget.
-    p.train.batch_size, p.train.checkpoint_every = 32, 200
+    # Seven variants and three fine-tuning seeds each fit 2 CPU cores in 15 minutes.
+    p.train.steps, p.optim.warmup_steps = 300, 30
+    p.train.batch_size, p.train.checkpoint_every = 32, 150
     p.train.log_every, p.train.eval_batches = 25, 20
     c.pretrain = p
+    c.pmi_min_count, c.pmi_size = 5, 2000
     # A generated country-of-a-held-out-city classification did not transfer
     # from an encoder this small (chance for every variant); reading for answer
     # spans does, and separates the variants after one epoch.
@@ -51,5 +77,31 @@ def get_config(arg=None):
     d.task.seq_len, d.task.doc_stride, d.task.max_query_length = 64, 32, 16
     d.train.epochs, d.train.batch_size, d.train.log_every = 1.0, 32, 10
     d.optim.learning_rate = 1e-3
-    c.downstream_seeds = (0, 1)
   return c
+
+
+def _gpu(c):
+  """BERT-mini (4 layers, 256 wide) at length 128 on a prepared real-text corpus.
+
+  Budget: 7 variants x 20,000 steps x 256 rows x 128 tokens = 4.6B tokens. flops.py
+  puts BERT-mini at 0.028 GFLOP a trained token (vocab 30,522, 20 predictions a
+  row), so 1.3e17 FLOP in all: 22 minutes at an assumed 10% MFU of an H200's 989
+  TFLOP/s bf16 peak (a model this small keeps the GPU busy poorly; 9 ms a step).
+  The input side must keep up: 32,768 tokens a step in 9 ms is ~3.6M tokens/s,
+  hence 8 input workers (the host masks at a few 100K tokens/s a core). With the
+  held-out evaluations and 21 SST-2 fine-tunes (1 epoch of 67K sentences at batch
+  64, ~1,050 steps each, ~30 s with compilation), about an hour. Assumptions, not
+  measured on a GPU: the MFU, the per-core masking speed, one H200, bf16 compute.
+  """
+  p = c.pretrain
+  p.model = config_lib.model_preset('mini')
+  p.model.dtype = 'bfloat16'
+  p.data.workers = 8
+  p.train.steps, p.train.batch_size = 20_000, 256
+  p.optim.learning_rate, p.optim.warmup_steps = 5e-4, 2_000
+  p.train.checkpoint_every, p.train.log_every, p.train.eval_batches = 5_000, 500, 50
+  c.pmi_min_count, c.pmi_size = 10, 100_000
+  d = c.downstream
+  d.model.dtype = 'bfloat16'
+  d.train.epochs, d.train.batch_size = 1.0, 64
+  d.optim.learning_rate = 1e-4

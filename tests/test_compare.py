@@ -7,7 +7,7 @@ import os
 import jax
 import pytest
 
-from bertjax import config_lib
+from bertjax import config_lib, train
 from bertjax.compare import sweep
 from bertjax.cli import main
 from bertjax.errors import UserError
@@ -15,7 +15,7 @@ from bertjax.errors import UserError
 from conftest import ROOT
 
 SWEEP = os.path.join(ROOT, 'experiments', 'masking_sweep.py')
-SHRINK = ["variants=('token','span')", 'downstream_seeds=(0,)',
+SHRINK = ["variants=('token','span_sbo','pmi')", 'downstream_seeds=(0,)',
           'pretrain.train.steps=4', 'pretrain.train.log_every=2',
           'pretrain.train.checkpoint_every=4', 'pretrain.train.eval_batches=2',
           'pretrain.train.batch_size=16', 'pretrain.data.embedded_documents=400',
@@ -29,7 +29,18 @@ def test_bad_sweep_configs_name_the_key():
   with pytest.raises(UserError, match='the sweep config lists no variants'):
     sweep.validate(config)
   config_lib.apply_overrides(config, ["variants=('token','spam')"])
-  with pytest.raises(UserError, match=r"variants \['spam'\] are not masking kinds"):
+  with pytest.raises(UserError, match=r"variants \['spam'\] are neither masking kinds .* nor "
+                                      'named in variant_overrides'):
+    sweep.validate(config)
+  config_lib.apply_overrides(config, ["variants=('token','token_rate40')",
+                                      "variant_overrides.token_rate40=('data.masking.rat=0.4',)"])
+  with pytest.raises(UserError, match=r"^sweep variant 'token_rate40': .*data.masking.rat"):
+    sweep.validate(config)
+  config_lib.apply_overrides(config, [
+      "variant_overrides.token_rate40=('data.masking.rate=0.4','data.masking.max_predictions=10')"])
+  with pytest.raises(UserError, match=r"^sweep variant 'token_rate40': pretrain.data.masking."
+                                      r'max_predictions=10 cannot hold .*rate=0.4.*pass '
+                                      r'--config.pretrain.data.masking.max_predictions=26'):
     sweep.validate(config)
   pretrain_only = config_lib.load_config(os.path.join(ROOT, 'experiments', 'quickstart.py'))
   with pytest.raises(UserError, match="the sweep config has no 'variants'"):
@@ -47,6 +58,35 @@ def restores_the_compile_cache_settings():
     jax.config.update(name, value)
 
 
+def test_variants_are_named_override_sets():
+  config = config_lib.load_config(SWEEP + ':local')
+  sweep.validate(config)
+  assert set(config.variants) >= {'token', 'whole_word', 'span', 'ngram', 'pmi', 'span_sbo',
+                                  'token_rate40'}
+  base = config.pretrain
+  for kind in ('token', 'whole_word', 'span', 'ngram'):  # the old names mean what they did
+    c = sweep.variant_config(config, kind)
+    assert c.data.masking.kind == kind and c.data.masking.max_predictions == 10
+    assert c.to_dict() == config_lib.apply_overrides(
+        config_lib.ConfigDict(base.to_dict()).lock(), [f'data.masking.kind={kind}']).to_dict()
+  sbo = sweep.variant_config(config, 'span_sbo')
+  assert sbo.model.sbo and sbo.data.masking.kind == 'span'
+  # max_predictions follows the rate unless the variant sets it.
+  rate40 = sweep.variant_config(config, 'token_rate40')
+  assert (rate40.data.masking.rate, rate40.data.masking.max_predictions) == (0.4, 26)
+  config_lib.apply_overrides(config, [
+      "variant_overrides.token_rate40=('data.masking.rate=0.4','data.masking.max_predictions=30')"])
+  assert sweep.variant_config(config, 'token_rate40').data.masking.max_predictions == 30
+  assert sweep.variant_config(config, 'pmi', '/v.json').data.masking.pmi_vocab == '/v.json'
+  # Only plain 15% token masking is already the common evaluation masking.
+  assert sweep.has_common_masking(sweep.variant_config(config, 'token'))
+  for name in ('token_rate40', 'span_sbo', 'span'):
+    assert not sweep.has_common_masking(sweep.variant_config(config, name))
+  split = config_lib.apply_overrides(sweep.variant_config(config, 'token'),
+                                     ['data.masking.mask_prob=1.0', 'data.masking.random_prob=0'])
+  assert not sweep.has_common_masking(split)
+
+
 def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys,
                                                  restores_the_compile_cache_settings):
   workdir = str(tmp_path)
@@ -54,34 +94,37 @@ def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys,
           *(f'--config.{o}' for o in SHRINK)]
   assert main(argv) == 0
   out = capsys.readouterr().out
-  assert 'token' in out and 'span' in out
+  assert 'token' in out and 'span_sbo' in out and 'pmi' in out
   with open(os.path.join(workdir, 'report.md')) as f:
     markdown = f.read()
   table = [line for line in markdown.splitlines()
            if line.startswith('| ') and not set(line) <= set('|:- ')]
-  assert len(table) == 1 + 2  # header + one row a variant
+  assert len(table) == 1 + 3  # header + one row a variant
   assert f'{SWEEP}:local' in markdown
   with open(os.path.join(workdir, 'report.csv')) as f:
     rows = {r['variant']: r for r in csv.DictReader(f)}
-  assert set(rows) == {'token', 'span'}
+  assert set(rows) == {'token', 'span_sbo', 'pmi'}
+  assert os.path.isfile(os.path.join(workdir, 'pmi_vocab.json'))
+  assert 'Statistics' in markdown
   for name in ('loss_curves.png', 'mlm_accuracy.png', 'downstream.png'):
     with open(os.path.join(workdir, name), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   # The report's numbers are the ones the runs logged.
-  with open(os.path.join(workdir, 'span', 'pretrain', 'metrics.jsonl')) as f:
+  with open(os.path.join(workdir, 'span_sbo', 'pretrain', 'metrics.jsonl')) as f:
     logged = [json.loads(line) for line in f]
   compare_line = [r for r in logged if 'compare_mlm_accuracy_token_masking' in r][-1]
-  assert float(rows['span']['mlm_accuracy_token']) == pytest.approx(
+  assert any('sbo_loss' in r for r in logged)
+  assert float(rows['span_sbo']['mlm_accuracy_token']) == pytest.approx(
       compare_line['compare_mlm_accuracy_token_masking'])
-  assert float(rows['span']['mlm_accuracy_own']) == pytest.approx(
+  assert float(rows['span_sbo']['mlm_accuracy_own']) == pytest.approx(
       [r for r in logged if 'eval_mlm_accuracy' in r][-1]['eval_mlm_accuracy'])
   metric = config_lib.load_config(SWEEP + ':local').downstream.task.metric
-  with open(os.path.join(workdir, 'span', 'downstream_0', 'best.json')) as f:
+  with open(os.path.join(workdir, 'span_sbo', 'downstream_0', 'best.json')) as f:
     best = json.load(f)['metrics'][metric]
-  assert float(rows['span']['downstream_mean']) == pytest.approx(best)
+  assert float(rows['span_sbo']['downstream_mean']) == pytest.approx(best)
   expected_hash = config_lib.config_hash(sweep.variant_config(
-      config_lib.apply_overrides(config_lib.load_config(SWEEP + ':local'), SHRINK), 'span'))
-  assert rows['span']['config_hash'] == expected_hash
+      config_lib.apply_overrides(config_lib.load_config(SWEEP + ':local'), SHRINK), 'span_sbo'))
+  assert rows['span_sbo']['config_hash'] == expected_hash
   # Finished variants are read back, not trained again.
   sizes = {v: os.path.getsize(os.path.join(workdir, v, 'pretrain', 'metrics.jsonl'))
            for v in rows}
@@ -89,3 +132,21 @@ def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys,
   assert 'done before, read back' in capsys.readouterr().out
   assert sizes == {v: os.path.getsize(os.path.join(workdir, v, 'pretrain', 'metrics.jsonl'))
                    for v in rows}
+
+
+def test_gpu_sweep_dry_runs_on_the_cpu(tmp_path):
+  """:gpu at two steps: its variants validate and its BERT-mini (bf16) pre-trains with
+  the SBO head; only the corpus (real text on the GPU machine), the vocabulary a
+  corpus this small can train, and the input worker count (8 processes) are swapped."""
+  config = config_lib.apply_overrides(config_lib.load_config(SWEEP + ':gpu'), [
+      'pretrain.data.corpus=embedded', 'pretrain.data.embedded_documents=400',
+      'pretrain.data.tokenizer.vocab_size=512', 'pretrain.data.tokenizer.model_type=bpe',
+      'pretrain.data.workers=0', 'pretrain.train.steps=2', 'pretrain.train.batch_size=8',
+      'pretrain.train.eval_batches=1', 'pretrain.train.log_every=1',
+      'pretrain.train.checkpoint_every=2', 'pretrain.optim.warmup_steps=1'])
+  sweep.validate(config)
+  assert config.pretrain.model.preset == 'mini' and len(config.downstream_seeds) >= 3
+  assert config.downstream.task.kind == 'classify'
+  pre = sweep.variant_config(config, 'span_sbo')
+  results = train.train_and_evaluate(pre, str(tmp_path / 'span_sbo'))
+  assert results['sbo_loss'] > 0 and results['mlm_predictions'] > 0

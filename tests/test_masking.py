@@ -9,13 +9,21 @@ import random
 import numpy as np
 import pytest
 
-from bertjax.data import corpus, masking, tokenizer as tokenizer_lib
+from bertjax.data import corpus, masking, pmi, tokenizer as tokenizer_lib
 from bertjax.data.wordpiece import WordPieceTokenizer
 from bertjax.errors import UserError
 
 WIKITEXT = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'wikitext2',
                         'valid.txt')
-WORD_KINDS = ('whole_word', 'span', 'ngram')
+WORD_KINDS = ('whole_word', 'span', 'ngram', 'pmi')
+# Each fixture's PMI vocabulary, built from its own documents, by tokenizer.
+_PMI_VOCABS = {}
+
+
+def _with_pmi_vocab(tok, docs):
+  ngrams = pmi.build((s for d in docs for s in d), tok, min_count=3, size=300)
+  _PMI_VOCABS[id(tok)] = pmi.NgramVocab([g['ids'] for g in ngrams], pmi.MAX_N)
+  return tok, docs
 
 
 @pytest.fixture(scope='module')
@@ -24,7 +32,7 @@ def sp(tmp_path_factory):
   path = tmp_path_factory.mktemp('tok') / 'spm.model'
   tok = tokenizer_lib.train_sentencepiece((s for d in docs for s in d), str(path),
                                           vocab_size=300, model_type='bpe')
-  return tok, [[tok.encode(s) for s in d] for d in docs]
+  return _with_pmi_vocab(tok, [[tok.encode(s) for s in d] for d in docs])
 
 
 @pytest.fixture(scope='module')
@@ -40,7 +48,7 @@ def wordpiece(tmp_path_factory):
     return rng.choice(stems) + ''.join(s[2:] for s in rng.sample(suffixes, rng.randint(0, 2)))
   docs = [[tok.encode(' '.join(word() for _ in range(rng.randint(4, 12))) + ' .')
            for _ in range(8)] for _ in range(200)]
-  return tok, docs
+  return _with_pmi_vocab(tok, docs)
 
 
 def _rows(docs, tok, batch, length, seed):
@@ -63,6 +71,8 @@ def _rows(docs, tok, batch, length, seed):
 
 
 def _mask(tok, ids, kind, seed=0, rate=0.15, max_predictions=None, **options):
+  if kind == 'pmi':
+    options.setdefault('ngram_vocab', _PMI_VOCABS[id(tok)])
   return masking.mask(ids, tok.word_start_V[ids], tok.special_V[ids], kind=kind, rate=rate,
                       max_predictions=max_predictions or ids.shape[1],
                       rng=np.random.default_rng(seed), vocab_size=tok.vocab_size,
@@ -240,7 +250,7 @@ def test_a_word_over_the_budget_is_skipped_not_an_end(kind):
   for seed in range(40):
     out = masking.mask(ids, starts, np.isin(ids, [2, 3]), kind=kind, rate=1 / 3,
                        max_predictions=4, rng=np.random.default_rng(seed), vocab_size=20,
-                       mask_id=4)
+                       mask_id=4, ngram_vocab=pmi.NgramVocab([(17, 18)], pmi.MAX_N))
     assert out['weights'].sum() == 2 and set(out['positions'][0, :2].tolist()) <= {4, 5, 6}
 
 
@@ -286,7 +296,7 @@ def wiki(tmp_path_factory):
   path = tmp_path_factory.mktemp('wiki') / 'spm.model'
   tok = tokenizer_lib.train_sentencepiece((s for d in docs for s in d), str(path),
                                           vocab_size=1000, model_type='bpe')
-  return tok, [[tok.encode(s) for s in d] for d in docs]
+  return _with_pmi_vocab(tok, [[tok.encode(s) for s in d] for d in docs])
 
 
 @pytest.mark.parametrize('kind', masking.KINDS)
@@ -308,7 +318,10 @@ def test_rejects_unknown_kind_and_bad_options():
     masking.mask(ids, ids > 0, ids < 5, **{**args, **kw})
   with pytest.raises(UserError, match="masking kind 'spam'"):
     call(kind='spam')
+  with pytest.raises(UserError, match="'pmi' needs a PMI n-gram vocabulary"):
+    call(kind='pmi')
   for bad, match in [(dict(rate=1.5), 'masking rate'), (dict(span_p=0.0), 'span_p'),
+                     (dict(mask_prob=0.95, random_prob=0.1), 'add up to at most 1'),
                      (dict(max_span=0), 'max_span'), (dict(max_ngram=2.5), 'max_ngram'),
                      (dict(max_predictions=5), 'max_predictions')]:
     with pytest.raises(UserError, match=match):
@@ -323,8 +336,10 @@ def test_row_generators_mask_a_row_the_same_in_any_batch():
   ids[:, 0], ids[:, -1] = 2, 3
   special = (ids == 2) | (ids == 3)
   word_start = rng.random(ids.shape) < 0.6
+  vocab = pmi.NgramVocab([ids[r, 1:4] for r in range(6)] + [ids[2, 9:11]], pmi.MAX_N)
   for kind in masking.KINDS:
-    kwargs = dict(kind=kind, rate=0.15, max_predictions=8, vocab_size=200, mask_id=4)
+    kwargs = dict(kind=kind, rate=0.15, max_predictions=8, vocab_size=200, mask_id=4,
+                  ngram_vocab=vocab)
     whole = masking.mask(ids, word_start, special, **kwargs, rng=masking.RowGenerators(
         [row_generator(0, 7, r) for r in range(6)]))
     alone = masking.mask(ids[4:5], word_start[4:5], special[4:5], **kwargs,

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import os
 
-import pytest
 
 from bertjax.bench import profile_summary
 from bertjax.cli import main

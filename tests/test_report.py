@@ -61,12 +61,13 @@ def test_markdown_has_one_row_per_variant_and_the_right_bold_cells(written):
   rows = {r[0]: r for r in _table_rows(text)}
   assert list(rows) == ['token', 'whole_word', 'span', 'ngram']
   bold = {(name, i) for name, r in rows.items() for i, c in enumerate(r) if c.startswith('**')}
-  # token acc, own acc, downstream mean, tokens/s (highest), wall time (lowest).
-  assert bold == {('whole_word', 1), ('token', 2), ('whole_word', 3), ('span', 4), ('ngram', 5)}
+  # token acc, own acc, downstream mean, tokens/s (highest), wall time (lowest); the
+  # comparison column (4) is never bold.
+  assert bold == {('whole_word', 1), ('token', 2), ('whole_word', 3), ('span', 5), ('ngram', 6)}
   assert rows['whole_word'][1] == '**0.4400**'
-  assert rows['span'][5] == '1h 02m 05s' and rows['token'][5] == '1m 23s'
-  assert rows['ngram'][5] == '**45s**'
-  assert rows['token'][6] == 'experiments/masking_sweep.py:local (0123456789ab)'
+  assert rows['span'][6] == '1h 02m 05s' and rows['token'][6] == '1m 23s'
+  assert rows['ngram'][6] == '**45s**'
+  assert rows['token'][7] == 'experiments/masking_sweep.py:local (0123456789ab)'
   assert '- A note on the data.' in text
   assert 'WARNING' not in text and 'Equal budget' in text and '500 steps' in text
   for name in ('loss_curves.png', 'mlm_accuracy.png', 'downstream.png'):
@@ -74,12 +75,45 @@ def test_markdown_has_one_row_per_variant_and_the_right_bold_cells(written):
   assert not list(out.glob('*.tmp'))
 
 
-def test_downstream_cells_mean_std_single_seed_and_none(written):
-  rows = {r[0]: r for r in _table_rows(open(written[1]['markdown'], encoding='utf-8').read())}
-  assert rows['token'][3] == '0.8200 ± 0.0200 (n=3)'
-  assert rows['whole_word'][3] == '**0.8500 ± 0.0283 (n=2)**'
+def test_downstream_cells_interval_single_seed_and_none(written):
+  text = open(written[1]['markdown'], encoding='utf-8').read()
+  rows = {r[0]: r for r in _table_rows(text)}
+  # 95% t half-widths: 4.3027 * 0.02 / sqrt(3) and 12.706 * 0.0283 / sqrt(2).
+  assert rows['token'][3] == '0.8200 ± 0.0497 (n=3)'
+  assert rows['whole_word'][3] == '**0.8500 ± 0.2541 (n=2)**'
   assert rows['span'][3] == '0.8100'
   assert rows['ngram'][3] == '—'
+  # Paired with token's first seeds: whole_word differs by 0.03 and 0.05 (t = 4 on one
+  # degree of freedom, p = 0.156, the only test so Holm leaves it), span by one seed.
+  assert rows['token'][4] == 'baseline'
+  assert rows['whole_word'][4] == '+0.0400 (p=0.156)'
+  assert rows['span'][4] == '+0.0100' and rows['ngram'][4] == '—'
+  assert 'fine-tuning variance only' in text
+  assert 'No variant differs from token by more than the noise' in text
+  assert 'Not testable' in text
+
+
+def test_significant_differences_are_marked_and_named(tmp_path):
+  results = _results()
+  results[1] = dataclasses.replace(results[1], downstream=[0.86, 0.875, 0.89])
+  results[2] = dataclasses.replace(results[2], downstream=[0.79, 0.83, 0.83],
+                                   pretrain_seeds=1)
+  text = open(report.write_report(results, str(tmp_path), title='t')['markdown']).read()
+  rows = {r[0]: r for r in _table_rows(text)}
+  assert rows['whole_word'][4].endswith('†') and '(p=' in rows['whole_word'][4]
+  assert not rows['span'][4].endswith('†')
+  assert 'Differences larger than their noise: whole_word (+0.0550).' in text
+  assert 'No variant differs' not in text
+  results = [dataclasses.replace(r, pretrain_seeds=2) for r in results]
+  assert 'cover pre-training and fine-tuning variance' in report.variance_line(results)
+  text = report.format_table(results)
+  assert '†' in text
+
+
+def test_no_baseline_says_so(tmp_path):
+  results = _results()[1:]
+  text = open(report.write_report(results, str(tmp_path), title='t')['markdown']).read()
+  assert 'No paired comparison: the sweep has no `token` variant.' in text
 
 
 def test_budget_warning_only_when_budgets_differ():
@@ -123,6 +157,9 @@ def test_csv_parses_back_to_the_numbers(written):
     else:
       assert row['downstream_std'] == ''
   assert float(by_name['span']['pretrain_loss']) == 2.5
+  assert float(by_name['token']['downstream_ci95']) == pytest.approx(0.0497, abs=1e-4)
+  assert float(by_name['whole_word']['vs_baseline_difference']) == pytest.approx(0.04)
+  assert by_name['token']['vs_baseline_difference'] == '' and by_name['token']['pretrain_seeds'] == '1'
   assert float(by_name['token']['pretrain_loss']) == _results()[0].loss_curve[-1][1]
 
 

@@ -1,7 +1,9 @@
 """The report of a masking comparison: one table, three plots, a CSV.
 
 `bertjax compare` gathers one `VariantResult` per masking variant and calls
-`write_report`; this module only formats what it is given, so the numbers in the
+`write_report`; this module only formats what it is given (with the statistics of
+compare/stats.py: 95% t-intervals over seeds, paired t-tests against the `token`
+baseline, Holm-corrected), so the numbers in the
 report are exactly the ones compare measured. Every file is written to a temporary
 name and renamed, so an interrupted report never leaves a half-written file behind.
 Plots are drawn on `matplotlib.figure.Figure` (Agg canvas, no pyplot), so no
@@ -19,8 +21,10 @@ import statistics
 from collections.abc import Sequence
 
 from bertjax import jsonl_log
+from bertjax.compare import stats
 from bertjax.errors import UserError
 
+BASELINE = 'token'  # the variant every other one is tested against
 _PLOTS = ('loss_curves.png', 'mlm_accuracy.png', 'downstream.png')
 
 
@@ -40,6 +44,9 @@ class VariantResult:
   tokens: int  # tokens seen in pre-training
   loss_curve: list[tuple[int, float]]
   pretrain_loss: float | None = None  # final; defaults to the curve's last value
+  # Pre-trained models the downstream values come from (each fine-tuned over the
+  # same seeds, values ordered pre-training seed first): which variance they cover.
+  pretrain_seeds: int = 1
 
   @property
   def final_loss(self) -> float | None:
@@ -115,22 +122,79 @@ def _accuracy(v: float) -> str:
 
 
 def _downstream_cell(values) -> str:
-  mean, std, n = downstream_stats(values)
+  mean, half = stats.t_interval(values)
+  n = len(values)
   if n == 0:
     return '—'
-  return f'{mean:.4f}' if n == 1 else f'{mean:.4f} ± {std:.4f} (n={n})'
+  return f'{mean:.4f}' if n == 1 else f'{mean:.4f} ± {half:.4f} (n={n})'
+
+
+def comparisons(results) -> dict:
+  """{variant: stats.Comparison} of each variant's downstream values against BASELINE's
+  (empty without a baseline)."""
+  values = {r.name: list(r.downstream) for r in results}
+  return stats.against_baseline(values, BASELINE) if BASELINE in values else {}
+
+
+def _comparison_cell(r, compared) -> str:
+  c = compared.get(r.name)
+  if r.name == BASELINE:
+    return 'baseline'
+  if c is None or math.isnan(c.difference):
+    return '—'
+  if math.isnan(c.p_holm):
+    return f'{c.difference:+.4f}'
+  return f'{c.difference:+.4f} (p={c.p_holm:.3f})' + (' †' if c.significant else '')
+
+
+def variance_line(results) -> str:
+  """Which variance the intervals cover."""
+  pre = max((r.pretrain_seeds for r in results if r.downstream), default=1)
+  n = max((len(r.downstream) for r in results), default=0)
+  if pre > 1:
+    return (f'Intervals: 95% Student t over {n} runs ({pre} pre-training seeds, each '
+            'fine-tuned over the same seeds), so they cover pre-training and fine-tuning '
+            'variance.')
+  return (f'Intervals: 95% Student t over up to {n} fine-tuning seeds of one pre-trained '
+          'model per variant: they cover fine-tuning variance only, not the variance '
+          'between pre-training runs (sweep option `pretrain_seeds`).')
+
+
+def significance_lines(results) -> list[str]:
+  """What the paired tests say, plainly, including when they find nothing."""
+  compared = comparisons(results)
+  if not compared:
+    return [f'No paired comparison: the sweep has no `{BASELINE}` variant.']
+  untestable = [n for n, c in compared.items() if math.isnan(c.p_holm)]
+  lines = [f'vs {BASELINE}: mean difference seed by seed; p from a two-sided paired t-test '
+           f'over the seeds both ran, Holm-corrected over the '
+           f'{len(compared) - len(untestable)} variants tested; † marks a difference larger '
+           f'than its noise (corrected p < {stats.ALPHA}).']
+  real = [n for n, c in compared.items() if c.significant]
+  if real:
+    lines.append('Differences larger than their noise: ' + ', '.join(
+        f'{n} ({compared[n].difference:+.4f})' for n in real) + '.')
+  else:
+    lines.append(f'No variant differs from {BASELINE} by more than the noise between seeds; '
+                 'the ranking in this table may be chance.')
+  if untestable:
+    lines.append('Not testable (fewer than two paired seeds, or no spread): '
+                 + ', '.join(untestable) + '.')
+  return lines
 
 
 def _scored_columns(results):
   """Columns compared across variants: (header, value, cell text, higher is better)."""
   metric = _metric_name(results)
+  compared = comparisons(results)
   return [
       ('MLM acc (token masking)', lambda r: r.mlm_accuracy_token,
        lambda r: _accuracy(r.mlm_accuracy_token), True),
       ('MLM acc (own masking)', lambda r: r.mlm_accuracy_own,
        lambda r: _accuracy(r.mlm_accuracy_own), True),
-      (f'{metric} (mean ± std over seeds)', lambda r: downstream_stats(r.downstream)[0],
+      (f'{metric} (mean ± 95% CI)', lambda r: downstream_stats(r.downstream)[0],
        lambda r: _downstream_cell(r.downstream), True),
+      (f'vs {BASELINE} (Holm p)', None, lambda r: _comparison_cell(r, compared), None),
       ('tokens/s', lambda r: r.tokens_per_sec, lambda r: f'{r.tokens_per_sec:,.0f}', True),
       ('wall time', lambda r: r.wall_seconds, lambda r: format_duration(r.wall_seconds),
        False),
@@ -148,7 +212,8 @@ def _rows(results, mark):
   """Header and cells; `mark(text)` decorates the best cell of each scored column."""
   columns = _scored_columns(results)
   header = ['variant'] + [c[0] for c in columns] + ['config']
-  best = [_best([value(r) for r in results], higher) for _, value, _, higher in columns]
+  best = [None if value is None else _best([value(r) for r in results], higher)
+          for _, value, _, higher in columns]
   rows = []
   for r in results:
     cells = [r.name]
@@ -182,13 +247,16 @@ def format_table(results) -> str:
 
   rule = '  '.join('-' * w for w in widths)
   return '\n'.join([line(header), rule] + [line(r) for r in rows] +
-                   ['* best in its column (wall time: lowest)'])
+                   ['* best in its column (wall time: lowest); † differs from '
+                    f'{BASELINE} beyond its noise'])
 
 
 _CSV_FIELDS = ('variant', 'config_path', 'config_hash', 'mlm_accuracy_token',
                'mlm_accuracy_own', 'downstream_metric', 'downstream_mean',
                'downstream_std', 'downstream_n', 'downstream_values', 'tokens_per_sec',
-               'wall_seconds', 'steps', 'tokens', 'pretrain_loss')
+               'wall_seconds', 'steps', 'tokens', 'pretrain_loss', 'downstream_ci95',
+               'pretrain_seeds', 'vs_baseline_difference', 'vs_baseline_p',
+               'vs_baseline_p_holm')
 
 
 def _csv_text(results) -> str:
@@ -199,8 +267,11 @@ def _csv_text(results) -> str:
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, lineterminator='\n')
   writer.writeheader()
+  compared = comparisons(results)
+  nan = stats.Comparison(math.nan, math.nan, math.nan, 0)
   for r in results:
     mean, std, n = downstream_stats(r.downstream)
+    c = compared.get(r.name, nan)
     writer.writerow(dict(
         variant=r.name, config_path=r.config_path, config_hash=r.config_hash,
         mlm_accuracy_token=num(r.mlm_accuracy_token), mlm_accuracy_own=num(r.mlm_accuracy_own),
@@ -208,7 +279,10 @@ def _csv_text(results) -> str:
         downstream_std=num(std), downstream_n=n,
         downstream_values=';'.join(repr(float(v)) for v in r.downstream),
         tokens_per_sec=num(r.tokens_per_sec), wall_seconds=num(r.wall_seconds),
-        steps=r.steps, tokens=r.tokens, pretrain_loss=num(r.final_loss)))
+        steps=r.steps, tokens=r.tokens, pretrain_loss=num(r.final_loss),
+        downstream_ci95=num(stats.t_interval(r.downstream)[1]), pretrain_seeds=r.pretrain_seeds,
+        vs_baseline_difference=num(c.difference), vs_baseline_p=num(c.p_value),
+        vs_baseline_p_holm=num(c.p_holm)))
   return buf.getvalue()
 
 
@@ -302,25 +376,27 @@ def _plot_mlm(results, path: str) -> None:
 
 
 def _plot_downstream(results, path: str) -> None:
-  """Mean bars, std error bars and every seed as a dot, so n and spread are visible."""
+  """Mean bars, 95% t-interval error bars and every seed as a dot, so n and spread
+  are visible."""
   from matplotlib.figure import Figure
   metric = _metric_name(results)
   fig = Figure(figsize=(8, 5))
   ax = fig.add_subplot()
   lows, highs = [], []
   for i, r in enumerate(results):
-    mean, std, n = downstream_stats(r.downstream)
+    mean, half = stats.t_interval(r.downstream)
+    n = len(r.downstream)
     if n == 0:
       ax.annotate('no runs', (i, 0), xycoords=('data', 'axes fraction'), xytext=(0, 8),
                   textcoords='offset points', ha='center', color='gray')
       continue
-    err = std if n > 1 else None
+    err = half if n > 1 else None
     ax.bar(i, mean, 0.6, yerr=err, capsize=6, color=f'C{i}', alpha=0.75)
     offsets = [0.0] if n == 1 else [-0.15 + 0.3 * k / (n - 1) for k in range(n)]
     ax.scatter([i + o for o in offsets], r.downstream, color='black', s=14, zorder=3,
                label='seeds' if not lows else None)
     top = max(mean + (err or 0.0), *r.downstream)
-    label = f'{mean:.4f}' if n == 1 else f'{mean:.4f} ± {std:.4f}'
+    label = f'{mean:.4f}' if n == 1 else f'{mean:.4f} ± {half:.4f}'
     ax.annotate(label, (i, top), xytext=(0, 4), textcoords='offset points', ha='center',
                 fontsize=8)
     lows += [mean - (err or 0.0), *r.downstream]
@@ -334,7 +410,7 @@ def _plot_downstream(results, path: str) -> None:
   ax.set_xticks(range(len(results)), [r.name for r in results])
   ax.set_xlabel('variant')
   ax.set_ylabel(metric)
-  ax.set_title(f'Downstream {metric}: mean ± std over fine-tuning seeds, dots = seeds')
+  ax.set_title(f'Downstream {metric}: mean ± 95% t-interval over seeds, dots = seeds')
   ax.grid(axis='y', alpha=0.3)
   _save(fig, path)
 
@@ -356,8 +432,11 @@ def write_report(results: list[VariantResult], out_dir: str, *, title: str,
       'MLM accuracy is measured on held-out data. Token masking is the same for every '
       'variant, so that column compares them; own masking uses each variant\'s '
       'pre-training masking and is not comparable across variants. Downstream: mean ± '
-      'sample std over n fine-tuning seeds. Bold: best in its column (wall time: lowest).',
-      '',
+      'the half-width of its 95% t-interval over n seeds. Bold: best in its column (wall '
+      'time: lowest).', '',
+      '## Statistics', '',
+      variance_line(results), '',
+      *[line for text in significance_lines(results) for line in (text, '')],
       '![Pre-training loss](loss_curves.png)', '',
       '![Held-out MLM accuracy](mlm_accuracy.png)', '',
       '![Downstream metric](downstream.png)', '',

@@ -1,15 +1,25 @@
 """`bertjax compare`: pre-train one model per masking variant under one budget, evaluate
 each the same ways, fine-tune each downstream, and write the report.
 
-A sweep config (e.g. experiments/masking_sweep.py) holds `variants` (masking kinds),
-`pretrain` (one pre-training config; only `data.masking.kind` differs between the
-variants, so data, seed, steps and tokens are equal), `downstream` (a fine-tuning
-config whose `init` becomes each variant's workdir) and `downstream_seeds`.
+A sweep config (e.g. experiments/masking_sweep.py) holds `variants` (names),
+`variant_overrides` (name -> override strings on `pretrain`, e.g.
+'data.masking.rate=0.4'; a name that is a masking kind and has none just sets that
+kind), `pretrain` (one pre-training config; data, seed, steps and tokens are equal
+for every variant), `downstream` (a fine-tuning config whose `init` becomes each
+variant's workdir), `downstream_seeds` and `pretrain_seeds`. A variant that changes
+the rate without setting max_predictions gets the max_predictions that holds it. A
+`pmi` variant without a vocabulary gets WORKDIR/pmi_vocab.json, built once from the
+shared tokenizer and the training documents (`pmi_min_count`, `pmi_size`).
+
+Every variant is also evaluated under the common masking (token, 15%, 80/10/10,
+max_predictions for 15%), so its held-out MLM accuracy compares across variants.
 
 WORKDIR/VARIANT/pretrain and WORKDIR/VARIANT/downstream_SEED are ordinary workdirs
-(config.json, checkpoints, metrics.jsonl, TensorBoard); WORKDIR/VARIANT/result.json
-marks a finished variant. Re-running the command resumes: finished variants are
-read back, an interrupted run continues from its last checkpoint.
+(config.json, checkpoints, metrics.jsonl, TensorBoard); with several pre-training
+seeds the later ones add pretrain_seedS and downstream_seedS_SEED.
+WORKDIR/VARIANT/result.json marks a finished variant. Re-running the command
+resumes: finished variants are read back, an interrupted run continues from its
+last checkpoint.
 """
 from __future__ import annotations
 
@@ -21,13 +31,17 @@ import shutil
 import jax
 import numpy as np
 
-from bertjax import config_lib, finetune, reporting, sharding, steps, train, weights
+from bertjax import (config_checks, config_lib, finetune, reporting, sharding, steps, train,
+                     weights)
 from bertjax.compare.report import (VariantResult, format_table, loss_curve_from_metrics,
                                     read_metrics, write_report)
-from bertjax.data import masking, pipeline, tokenizer as tokenizer_lib
+from bertjax.data import masking, pipeline, pmi, tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
 RESULT_FILE = 'result.json'
+PMI_VOCAB = 'pmi_vocab.json'
+# The masking every variant is also evaluated under (BERT's).
+COMMON_MASKING = dict(kind='token', rate=0.15, mask_prob=0.8, random_prob=0.1)
 
 
 def validate(config) -> None:
@@ -38,18 +52,62 @@ def validate(config) -> None:
   if not config.variants:
     raise UserError('the sweep config lists no variants: set variants, e.g. '
                     "('token', 'whole_word', 'span', 'ngram')")
-  unknown = [v for v in config.variants if v not in masking.KINDS]
+  overrides = _overrides(config)
+  unknown = [v for v in config.variants if v not in masking.KINDS and v not in overrides]
   if unknown:
-    raise UserError(f'variants {unknown} are not masking kinds; choose from {masking.KINDS}')
+    raise UserError(f'variants {unknown} are neither masking kinds ({", ".join(masking.KINDS)}) '
+                    'nor named in variant_overrides; add them there, e.g. '
+                    "variant_overrides.NAME=('data.masking.rate=0.4',)")
   if len(set(config.variants)) != len(config.variants):
-    raise UserError(f'variants {list(config.variants)} name a kind twice')
+    raise UserError(f'variants {list(config.variants)} name a variant twice')
+  for name in config.variants:  # an unknown key or a bad value names the variant now
+    try:
+      config_checks.validate_pretrain(variant_config(config, name, PMI_VOCAB), 'pretrain.')
+    except UserError as e:
+      raise UserError(e.args[0] if str(e).startswith('sweep variant') else
+                      f'sweep variant {name!r}: {e}') from None
 
 
-def variant_config(config, kind: str):
-  """The shared pre-training config with this variant's masking."""
-  c = config_lib.ConfigDict(config.pretrain.to_dict())
-  c.data.masking.kind = kind
-  return c.lock()
+def _overrides(config) -> dict:
+  return dict(config.variant_overrides) if 'variant_overrides' in config else {}
+
+
+def variant_config(config, name: str, pmi_vocab: str = ''):
+  """The shared pre-training config with this variant's overrides (see the module
+  docstring); `pmi_vocab` fills an empty data.masking.pmi_vocab."""
+  c = config_lib.ConfigDict(config.pretrain.to_dict()).lock()
+  overrides = list(_overrides(config).get(name, ()))
+  if name in masking.KINDS:
+    overrides.insert(0, f'data.masking.kind={name}')
+  try:
+    config_lib.apply_overrides(c, overrides)
+  except UserError as e:
+    raise UserError(f'sweep variant {name!r}: {e}') from None
+  m = c.data.masking
+  named = {o.partition('=')[0].strip() for o in overrides}
+  if m.rate != config.pretrain.data.masking.rate and 'data.masking.max_predictions' not in named:
+    m.max_predictions = masking.predictions_for(m.rate, c.data.seq_len)
+  if m.kind == 'pmi' and not m.pmi_vocab:
+    m.pmi_vocab = pmi_vocab
+  return c
+
+
+def _common_masking(config):
+  """`config` with the masking every variant is evaluated under, and no SBO head."""
+  c = config_lib.ConfigDict(config.to_dict())
+  c.data.masking.update(COMMON_MASKING)
+  c.data.masking.max_predictions = masking.predictions_for(COMMON_MASKING['rate'],
+                                                           c.data.seq_len)
+  c.model.sbo = False
+  return c
+
+
+def has_common_masking(config) -> bool:
+  """Whether the config's own masking is the common one (its own figure then is the
+  common figure)."""
+  keys = (*COMMON_MASKING, 'max_predictions')
+  common = _common_masking(config).data.masking
+  return not config.model.sbo and all(config.data.masking[k] == common[k] for k in keys)
 
 
 def downstream_config(config, init: str, seed: int):
@@ -71,11 +129,11 @@ def shared_tokenizer(config, workdir: str) -> str:
   return directory
 
 
-def held_out_mlm_accuracy(config, workdir: str, kind: str) -> float:
-  """MLM accuracy of `workdir`'s weights on the held-out split masked with `kind`
-  (same rows, same seed for every variant, so the `token` figures compare)."""
-  c = config_lib.ConfigDict(config.to_dict())
-  c.data.masking.kind = kind
+def held_out_mlm_accuracy(config, workdir: str) -> float:
+  """MLM accuracy of `workdir`'s weights on the held-out split under the common
+  masking (COMMON_MASKING: same rows, same seed, same rate, split and
+  max_predictions for every variant, so the figures compare)."""
+  c = _common_masking(config)
   data = pipeline.build(c.data, batch_size=c.train.batch_size, eval_batches=c.train.eval_batches,
                         seed=c.seed, workdir=workdir)
   model_cfg = config_lib.model_config(c, data.tokenizer.vocab_size)
@@ -105,38 +163,83 @@ def _training_figures(metrics_path: str) -> tuple[float, float]:
   return seconds, float(np.median(speeds))
 
 
-def run_variant(config, kind: str, workdir: str, tokenizer_dir: str, config_spec: str):
-  pre = variant_config(config, kind)
-  pre_dir = os.path.join(workdir, 'pretrain')
+def _pretrain_seeds(config) -> tuple[int, ...]:
+  return tuple(config.pretrain_seeds) if 'pretrain_seeds' in config else (config.pretrain.seed,)
+
+
+def _pretrained(pre, pre_dir: str, tokenizer_dir: str):
+  """Pre-trains (or resumes) one model; returns (own, common) held-out MLM accuracy,
+  or None when preempted."""
   os.makedirs(pre_dir, exist_ok=True)
   if tokenizer_lib.find(os.path.join(pre_dir, 'tokenizer')) is None:
     shutil.copytree(tokenizer_dir, os.path.join(pre_dir, 'tokenizer'), dirs_exist_ok=True)
   own = train.train_and_evaluate(pre, pre_dir)
   if not own:  # preempted: the checkpoint is saved, the sweep resumes from it
     return None
-  token = own['mlm_accuracy'] if kind == 'token' else held_out_mlm_accuracy(pre, pre_dir,
-                                                                             'token')
+  common = (own['mlm_accuracy'] if has_common_masking(pre)
+            else held_out_mlm_accuracy(pre, pre_dir))
   writer = reporting.MetricsWriter(pre_dir)
-  writer.write(pre.train.steps, dict(mlm_accuracy_token_masking=token,
+  writer.write(pre.train.steps, dict(mlm_accuracy_token_masking=common,
                                      mlm_accuracy_own_masking=own['mlm_accuracy']),
                prefix='compare_')
   writer.close()
-  downstream = []
-  for seed in config.downstream_seeds:
-    reporting.log(f'{kind}: fine-tuning downstream, seed {seed}')
-    ft = downstream_config(config, pre_dir, seed)
-    metrics = finetune.finetune_and_evaluate(ft, os.path.join(workdir, f'downstream_{seed}'))
-    if not metrics:
+  return own['mlm_accuracy'], common
+
+
+def run_variant(config, name: str, workdir: str, tokenizer_dir: str, config_spec: str,
+                pmi_vocab: str = ''):
+  """Pre-trains the variant once per pre-training seed and fine-tunes each model over
+  the downstream seeds; downstream values are ordered pre-training seed first."""
+  base = variant_config(config, name, pmi_vocab)
+  accuracies, downstream = [], []
+  for k, pre_seed in enumerate(_pretrain_seeds(config)):
+    pre = config_lib.apply_overrides(base, [f'seed={pre_seed}'])
+    suffix = '' if k == 0 else f'_seed{pre_seed}'  # the first keeps the old layout
+    pre_dir = os.path.join(workdir, 'pretrain' + suffix)
+    got = _pretrained(pre, pre_dir, tokenizer_dir)
+    if got is None:
       return None
-    downstream.append(metrics[ft.task.metric])
-  seconds, tokens_per_sec = _training_figures(os.path.join(pre_dir, 'metrics.jsonl'))
+    accuracies.append(got)
+    for seed in config.downstream_seeds:
+      reporting.log(f'{name}: fine-tuning downstream, seed {seed}'
+                    + (f' (pre-training seed {pre_seed})' if suffix else ''))
+      ft = downstream_config(config, pre_dir, seed)
+      ft_dir = os.path.join(workdir, f'downstream{suffix}_{seed}')
+      metrics = finetune.finetune_and_evaluate(ft, ft_dir)
+      if not metrics:
+        return None
+      downstream.append(metrics[ft.task.metric])
+  first_dir = os.path.join(workdir, 'pretrain')
+  seconds, tokens_per_sec = _training_figures(os.path.join(first_dir, 'metrics.jsonl'))
+  own, common = (float(np.mean(v)) for v in zip(*accuracies))
   return VariantResult(
-      name=kind, config_path=config_spec, config_hash=config_lib.config_hash(pre),
-      mlm_accuracy_token=token, mlm_accuracy_own=own['mlm_accuracy'],
+      name=name, config_path=config_spec, config_hash=config_lib.config_hash(base),
+      mlm_accuracy_token=common, mlm_accuracy_own=own,
       downstream_metric_name=config.downstream.task.metric, downstream=downstream,
-      tokens_per_sec=tokens_per_sec, wall_seconds=seconds, steps=pre.train.steps,
-      tokens=pre.train.steps * pre.train.batch_size * pre.data.seq_len,
-      loss_curve=loss_curve_from_metrics(os.path.join(pre_dir, 'metrics.jsonl')))
+      tokens_per_sec=tokens_per_sec, wall_seconds=seconds, steps=base.train.steps,
+      tokens=base.train.steps * base.train.batch_size * base.data.seq_len,
+      loss_curve=loss_curve_from_metrics(os.path.join(first_dir, 'metrics.jsonl')),
+      pretrain_seeds=len(accuracies))
+
+
+def shared_pmi_vocab(config, workdir: str, tokenizer_dir: str) -> str:
+  """WORKDIR/pmi_vocab.json, built once from the training documents with the shared
+  tokenizer, for pmi variants that name no vocabulary of their own."""
+  path = os.path.join(workdir, PMI_VOCAB)
+  if not os.path.isfile(path):
+    from bertjax.data import corpus
+    from bertjax.data.splits import split_indices
+    data = config.pretrain.data
+    tok = tokenizer_lib.load(tokenizer_dir)
+    documents = corpus.load_documents(data.corpus, num_embedded=data.embedded_documents,
+                                      seed=config.pretrain.seed, doc_mode=data.doc_mode)
+    train_rows, _ = split_indices(len(documents), data.eval_fraction, config.pretrain.seed)
+    sentences = (tok.encode(s) for i in train_rows for s in documents[i])
+    ngrams = pmi.build(sentences, tok, min_count=config.pmi_min_count, size=config.pmi_size)
+    pmi.save(path, ngrams, tok, min_count=config.pmi_min_count, max_n=pmi.MAX_N,
+             corpus=str(data.corpus))
+    reporting.log(f'PMI vocabulary: {len(ngrams)} n-grams in {path}')
+  return path
 
 
 def run(config, workdir: str, config_spec: str) -> list[VariantResult]:
@@ -152,6 +255,10 @@ def run(config, workdir: str, config_spec: str) -> list[VariantResult]:
   jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, 'compilation_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   tokenizer_dir = shared_tokenizer(config, workdir)
+  pmi_vocab = ''
+  if any(variant_config(config, v).data.masking.kind == 'pmi'
+         and not variant_config(config, v).data.masking.pmi_vocab for v in config.variants):
+    pmi_vocab = shared_pmi_vocab(config, workdir, tokenizer_dir)
   results = []
   for i, kind in enumerate(config.variants):
     variant_dir = os.path.join(workdir, kind)
@@ -161,8 +268,8 @@ def run(config, workdir: str, config_spec: str) -> list[VariantResult]:
         results.append(VariantResult(**json.load(f)))
       reporting.log(f'variant {i + 1}/{len(config.variants)} {kind}: done before, read back')
       continue
-    reporting.log(f'variant {i + 1}/{len(config.variants)}: {kind} masking')
-    result = run_variant(config, kind, variant_dir, tokenizer_dir, config_spec)
+    reporting.log(f'variant {i + 1}/{len(config.variants)}: {kind}')
+    result = run_variant(config, kind, variant_dir, tokenizer_dir, config_spec, pmi_vocab)
     if result is None:
       reporting.log('preempted: re-run the same command to resume the sweep')
       return results

@@ -11,9 +11,13 @@ the n maskable (non-special) tokens of each row, counted in tokens:
   random word starts (SpanBERT, pretraining/fairseq/data/masking.py).
 - ngram: every word anchors one n-gram in random order, n <= max_ngram words with
   p(n) ∝ 1/n (ALBERT's create_pretraining_data.py).
+- pmi: each segment's words are cut into units, left to right taking the longest
+  n-gram of the PMI vocabulary (data/pmi.py) that starts at a word, else the word
+  alone; then units are added whole like whole_word's words (Levine et al. 2021).
 
-Of the chosen tokens 80% become [MASK], 10% a random token and 10% stay, drawn per
-token, except for span, where SpanBERT draws once per (merged) span. Outputs are
+Of the chosen tokens 80% become [MASK], 10% a random token and 10% stay (the split
+is `mask_prob`/`random_prob`), drawn per token, except for span, where SpanBERT
+draws once per (merged) span. Outputs are
 padded to max_predictions with weight 0, so the MLM head gathers exactly (B, P)
 positions under jit.
 
@@ -27,12 +31,25 @@ from __future__ import annotations
 
 import bisect
 import functools
+import math
 
 import numpy as np
 
 from bertjax.errors import UserError
 
-KINDS = ('token', 'whole_word', 'span', 'ngram')
+KINDS = ('token', 'whole_word', 'span', 'ngram', 'pmi')
+# Kinds whose chosen tokens form spans with unmasked boundaries (SpanBERT's SBO).
+SPAN_KINDS = ('span',)
+
+
+def predictions_for(rate: float, seq_len: int) -> int:
+  """The max_predictions that holds `rate` of any row of `seq_len` tokens."""
+  return max(1, min(seq_len, math.ceil(rate * seq_len)))
+
+
+def predictions_needed(rate: float, seq_len: int) -> int:
+  """The most predictions `rate` asks of a row: every row has [CLS] and a [SEP]."""
+  return int(np.rint(max(seq_len - 2, 1) * rate))
 
 
 class RowGenerators:
@@ -56,17 +73,22 @@ class RowGenerators:
 def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
          max_predictions: int, rng: np.random.Generator | RowGenerators, vocab_size: int,
          mask_id: int,
-         random_ids=None, span_p: float = 0.2, max_span: int = 10, max_ngram: int = 3):
+         random_ids=None, span_p: float = 0.2, max_span: int = 10, max_ngram: int = 3,
+         mask_prob: float = 0.8, random_prob: float = 0.1, ngram_vocab=None):
   """Masks a batch; returns dict(input_ids BL, positions BP, targets BP, weights BP).
 
   `word_start_BL` marks the first piece of each word (used by word-level kinds);
   `special_BL` marks tokens never chosen ([CLS], [SEP], [PAD]). `random_ids` are
   the ids drawn for the 10% random replacements (default: all of the vocabulary).
+  kind='pmi' needs `ngram_vocab` (a pmi.NgramVocab: n-grams as token-id tuples).
   kind='span' adds span_left, span_right (the unmasked boundary positions around
   each target's span, for SpanBERT's span-boundary objective) and span_offset (the
   target's 0-based place in its span), all (B, P) int32 and 0 on padding.
   """
-  _check_options(kind, rate, span_p, max_span, max_ngram)
+  _check_options(kind, rate, span_p, max_span, max_ngram, mask_prob, random_prob)
+  if kind == 'pmi' and ngram_vocab is None:
+    raise UserError("masking kind 'pmi' needs a PMI n-gram vocabulary: build one with "
+                    '`bertjax data pmi` and set data.masking.pmi_vocab to its file')
   ids_BL = np.asarray(ids_BL)
   batch, length = ids_BL.shape
   p = max_predictions
@@ -80,7 +102,10 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
     chosen_BL = _choose_tokens(candidate_BL, k_B, p, rng)
   else:
     words = _Words(candidate_BL, np.asarray(word_start_BL, bool))
-    covered_BW = _choose_words(kind, words, k_B, rng, span_p, max_span, max_ngram, length)
+    if kind == 'pmi':
+      covered_BW = _choose_pmi_units(words, ids_BL, ngram_vocab, k_B, rng, length)
+    else:
+      covered_BW = _choose_words(kind, words, k_B, rng, span_p, max_span, max_ngram, length)
     chosen_BL = candidate_BL & np.take_along_axis(covered_BW, words.index_BL, 1)
 
   # The chosen positions, ascending, first; at most k <= p of them per row.
@@ -100,8 +125,9 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
     random_ids = np.arange(vocab_size)
   random_ids = np.asarray(random_ids)
   random_BP = random_ids[rng.integers(0, len(random_ids), size=(batch, p))]
-  replacement_BP = np.where(decision_BP < 0.8, mask_id,
-                            np.where(decision_BP < 0.9, random_BP, targets_BP))
+  replacement_BP = np.where(decision_BP < mask_prob, mask_id,
+                            np.where(decision_BP < mask_prob + random_prob, random_BP,
+                                     targets_BP))
   input_ids_BL = ids_BL.copy()
   r, c = np.nonzero(chosen_BP)
   input_ids_BL[r, positions_BP[r, c]] = replacement_BP[r, c]
@@ -117,11 +143,14 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
   return out
 
 
-def _check_options(kind, rate, span_p, max_span, max_ngram):
+def _check_options(kind, rate, span_p, max_span, max_ngram, mask_prob, random_prob):
   if kind not in KINDS:
     raise UserError(f'masking kind {kind!r} is not available; choose one of {KINDS}')
   if not 0 <= rate <= 1:
     raise UserError(f'masking rate {rate} must lie in [0, 1]')
+  if not (0 <= mask_prob and 0 <= random_prob and mask_prob + random_prob <= 1):
+    raise UserError(f'masking mask_prob {mask_prob} and random_prob {random_prob} must be '
+                    'non-negative and add up to at most 1 (the rest stays unchanged)')
   if not 0 < span_p <= 1:
     raise UserError(f'masking span_p {span_p} must lie in (0, 1]')
   for name, value in (('max_span', max_span), ('max_ngram', max_ngram)):
@@ -158,7 +187,7 @@ class _Words:
     self.index_BL = np.where(candidate_BL, np.cumsum(start_BL, 1) - 1, width)
     flat = (np.arange(batch)[:, None] * (width + 1) + self.index_BL).ravel()
     self.size_BW = np.bincount(flat, minlength=batch * (width + 1)).reshape(batch, width + 1)
-    first_BW = np.full((batch, width + 1), -1)
+    self.first_BW = first_BW = np.full((batch, width + 1), -1)
     r, c = np.nonzero(start_BL)
     first_BW[r, self.index_BL[r, c]] = c
     # A segment's last word: no next word, or a special token before the next one.
@@ -205,6 +234,31 @@ def _choose_words(kind, words, k_B, rng, span_p, max_span, max_ngram, max_words)
              words.left_BW.tolist(), words.n_B.tolist(), k_B.tolist())
   for b, (order, draws, size, left, n, k) in enumerate(rows):
     covered_BW[b, :n] = select(order[:n], draws[:n], size[:n], left[:n], k)
+  return covered_BW
+
+
+def _choose_pmi_units(words, ids_BL, vocab, k_B, rng, max_words):
+  """PMI masking: vocabulary n-grams and the remaining words as units, each unit
+  added whole while it fits the budget (whole_word's rule), in random order."""
+  batch = len(k_B)
+  width = max(words.width, 1)
+  # One uniform per word, `max_words` a row whatever the batch holds (see _choose_words);
+  # a unit is ranked by its first word's draw.
+  draw_BW = rng.random((batch, max_words))[:, :width]
+  covered_BW = np.zeros((batch, words.width + 1), bool)
+  rows = zip(ids_BL.tolist(), words.first_BW.tolist(), words.size_BW.tolist(),
+             words.left_BW.tolist(), words.n_B.tolist(), draw_BW.tolist(), k_B.tolist())
+  for b, (ids, first, size, left, n, draws, k) in enumerate(rows):
+    units = vocab.segment(ids, first[:n], size[:n], left[:n])  # (first word, words, tokens)
+    order = sorted(range(len(units)), key=lambda u: draws[units[u][0]])
+    budget = k
+    for u in order:
+      if budget == 0:
+        break
+      start, n_words, tokens = units[u]
+      if tokens <= budget:
+        covered_BW[b, start:start + n_words] = True
+        budget -= tokens
   return covered_BW
 
 

@@ -14,7 +14,7 @@ import grain
 import jax
 import numpy as np
 
-from bertjax.data import (corpus, derived_tokenizer, instance_store, instances, masking,
+from bertjax.data import (corpus, derived_tokenizer, instance_store, instances, masking, pmi,
                           prepared, tokenizer as tokenizer_lib)
 from bertjax.data.splits import split_indices
 from bertjax.errors import UserError
@@ -128,17 +128,27 @@ def row_generator(seed: int, batch_index: int, row: int) -> np.random.Generator:
 
 
 def mask_rows(batch, tok, masking_cfg, rngs):
-  """Masks the batch, each row with its own RNG; adds mlm_positions/targets/weights.
-
-  (Span masking's span-boundary targets are not passed on: no SBO head uses them yet.)"""
+  """Masks the batch, each row with its own RNG; adds mlm_positions/targets/weights,
+  and for span masking the span-boundary targets of SpanBERT's SBO: sbo_left,
+  sbo_right (the unmasked positions around each prediction's span) and sbo_offset
+  (its 0-based place in the span), (B, P) like the MLM keys."""
   ids = batch['input_ids']
+  ngram_vocab = None
+  if masking_cfg.kind == 'pmi':
+    ngram_vocab = pmi.load(masking_cfg.pmi_vocab, tok)
   masked = masking.mask(ids, tok.word_start_V[ids], tok.special_V[ids],
                         kind=masking_cfg.kind, rate=masking_cfg.rate,
                         max_predictions=masking_cfg.max_predictions,
                         rng=masking.RowGenerators(rngs), vocab_size=tok.vocab_size,
-                        mask_id=tok.mask_id, random_ids=np.flatnonzero(~tok.special_V))
-  return dict(batch, input_ids=masked['input_ids'], mlm_positions=masked['positions'],
-              mlm_targets=masked['targets'], mlm_weights=masked['weights'])
+                        mask_id=tok.mask_id, random_ids=np.flatnonzero(~tok.special_V),
+                        mask_prob=masking_cfg.mask_prob, random_prob=masking_cfg.random_prob,
+                        ngram_vocab=ngram_vocab)
+  out = dict(batch, input_ids=masked['input_ids'], mlm_positions=masked['positions'],
+             mlm_targets=masked['targets'], mlm_weights=masked['weights'])
+  if 'span_left' in masked:
+    out.update(sbo_left=masked['span_left'], sbo_right=masked['span_right'],
+               sbo_offset=masked['span_offset'])
+  return out
 
 
 def _instances(data_cfg, seed: int, workdir: str):

@@ -61,6 +61,8 @@ class BertConfig:
   vocab_multiple: int = 128
   # Activation checkpointing per encoder layer: one of REMAT_POLICIES.
   remat: str = 'none'
+  # Pre-training adds SpanBERT's span-boundary head (heads.SpanBoundaryHead).
+  sbo: bool = False
 
   def __post_init__(self):
     if self.remat not in REMAT_POLICIES:

@@ -1,5 +1,5 @@
-"""Heads over the encoder: masked-LM (tied decoder + bias), next-sentence, and the
-task heads (sequence classification/regression, token classification, QA spans).
+"""Heads over the encoder: masked-LM (tied decoder + bias), next-sentence, SpanBERT's
+span boundary (SBO, optional in pre-training), and the task heads (sequence classification/regression, token classification, QA spans).
 
 Each model is `bert` plus a head; `head(x_BLD, pooled_BD, ...)` applies the head to
 encoder outputs, so callers that also want the hidden states run the encoder once.
@@ -39,22 +39,62 @@ class MaskedLMHead(nnx.Module):
     h_BPD = layers.gelu(self.transform(x_BPD))
     h_BPD = self.layer_norm(h_BPD)
     logits_BPV = word_embeddings.attend(h_BPD) + self.bias[...].astype(h_BPD.dtype)
-    logits_BPV = logits_BPV.astype(jnp.float32)
-    if logits_BPV.shape[-1] == self.vocab_size:
-      return logits_BPV
-    # A select, not an additive bias: the padding rows get exactly zero gradient.
-    real_V = jnp.arange(logits_BPV.shape[-1]) < self.vocab_size
-    return jnp.where(real_V, logits_BPV, PADDED_LOGIT)
+    return _without_padding(logits_BPV.astype(jnp.float32), self.vocab_size)
+
+
+def _without_padding(logits_BPV, vocab_size: int):
+  """PADDED_LOGIT in the vocabulary's padding columns."""
+  if logits_BPV.shape[-1] == vocab_size:
+    return logits_BPV
+  # A select, not an additive bias: the padding rows get exactly zero gradient.
+  real_V = jnp.arange(logits_BPV.shape[-1]) < vocab_size
+  return jnp.where(real_V, logits_BPV, PADDED_LOGIT)
+
+
+class SpanBoundaryHead(nnx.Module):
+  """SpanBERT's span-boundary objective: each masked token of a span s..e predicted
+  from the encoder states just outside it and its place in it,
+
+    h0 = [x_{s-1}; x_{e+1}; p_{i-s+1}], h1 = LN(GELU(W1 h0)), y = LN(GELU(W2 h1)),
+
+  scored against the tied word embeddings. Touching spans merge, so a span may be as
+  long as the row: the relative-position table has max_position_embeddings rows,
+  which no offset inside a row reaches (jit would clamp it silently).
+  """
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    dt, d = cfg.compute_dtype, cfg.hidden_size
+    self.position_embeddings = layers.Embed(cfg.max_position_embeddings, d,
+                                            axes=(None, 'embed'), dtype=dt, rngs=rngs)
+    self.dense1 = layers.Dense((3, d), d, axes=(None, 'embed', 'mlp'), dtype=dt, rngs=rngs)
+    self.layer_norm1 = layers.LayerNorm(d, axis_name='mlp', eps=cfg.layer_norm_eps, dtype=dt,
+                                        rngs=rngs)
+    self.dense2 = layers.Dense(d, d, axes=('mlp', 'embed'), dtype=dt, rngs=rngs)
+    self.layer_norm2 = layers.LayerNorm(d, eps=cfg.layer_norm_eps, dtype=dt, rngs=rngs)
+    self.vocab_size = cfg.vocab_size
+
+  def __call__(self, x_BLD, left_BP, right_BP, offset_BP, word_embeddings: layers.Embed):
+    """(B, P, padded V) float32 logits; `offset_BP` is 0-based (p_{i-s+1} is row 0)."""
+    gather = lambda pos_BP: jnp.take_along_axis(x_BLD, pos_BP[..., None], axis=1)
+    h_BP3D = jnp.stack([gather(left_BP), gather(right_BP),
+                        self.position_embeddings(offset_BP).astype(x_BLD.dtype)], axis=-2)
+    h_BPD = self.layer_norm1(layers.gelu(self.dense1(h_BP3D)))
+    h_BPD = self.layer_norm2(layers.gelu(self.dense2(h_BPD)))
+    return _without_padding(word_embeddings.attend(h_BPD).astype(jnp.float32), self.vocab_size)
 
 
 class BertForPreTraining(nnx.Module):
-  """Encoder + MLM head (at masked positions) + NSP head on the pooled output."""
+  """Encoder + MLM head (at masked positions) + NSP head on the pooled output, and with
+  `cfg.sbo` the span-boundary head (called by the pre-training task on the encoder's
+  states, so `head` and `__call__` stay as they are)."""
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     self.config = cfg
     self.bert = BertModel(cfg, rngs=rngs)
     self.mlm = MaskedLMHead(cfg, rngs=rngs)
     self.nsp = layers.Dense(cfg.hidden_size, 2, axes=('embed', None), rngs=rngs)
+    # Not part of the Hugging Face model: an export leaves it out.
+    self.sbo = SpanBoundaryHead(cfg, rngs=rngs) if cfg.sbo else None
 
   def head(self, x_BLD, pooled_BD, positions_BP, rngs=None):
     x_BPD = jnp.take_along_axis(x_BLD, positions_BP[..., None], axis=1)
