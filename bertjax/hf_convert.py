@@ -113,6 +113,10 @@ def model_card(config, source: weights_lib.Weights, workdir: str) -> str:
   else:
     title = 'BERT pre-trained with bertjax'
     heads = 'masked-LM (decoder tied to the word embeddings) and next-sentence prediction'
+    if config.model.get('sbo'):
+      heads += ('. It was pre-trained with SpanBERT\'s span-boundary objective '
+                '(model.sbo); that head is not part of the Hugging Face model and is not '
+                'exported')
     training = (f'- steps: {source.step} of {config.train.steps}, batch '
                 f'{config.train.batch_size}, sequence length {config.data.seq_len}\n'
                 f'- data: `{config.data.corpus}`; masking `{config.data.masking.kind}` at rate '
