@@ -31,6 +31,20 @@ from bertjax import hf_weights, storage
 from bertjax.errors import UserError
 
 
+class _NoOrbaxTracebacks(logging.Filter):
+  """orbax logs a failed background save from each of its threads with a traceback
+  (hundreds of lines for one full disk); bertjax reports the failure itself in one line
+  (`wait`), so orbax's messages stay and their tracebacks go."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.exc_info and f'{os.sep}orbax{os.sep}' in record.pathname:
+      record.exc_info = record.exc_text = None
+    return True
+
+
+logging.getLogger('absl').addFilter(_NoOrbaxTracebacks())
+
+
 def manager(workdir: str, *, keep: int, subdir: str = 'checkpoints') -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       storage.as_path(workdir) / subdir,
