@@ -89,6 +89,12 @@ def validate_finetune(c, prefix: str, needs_init: bool = True) -> None:
   _optim(c.optim, prefix)
   _seq_len(prefix + 'task.seq_len', c.task.seq_len, MIN_TASK_SEQ_LEN, '[CLS] text [SEP]', c,
            prefix)
+  dropout = c.task.get('classifier_dropout')
+  if dropout is not None:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+      raise UserError(f'{prefix}task.classifier_dropout={dropout!r} must be a rate or None; '
+                      f'pass --config.{prefix}task.classifier_dropout=0.1')
+    _within(prefix + 'task.classifier_dropout', dropout, 0.0, 1.0, high_open=True)
 
 
 def _model(c, prefix: str) -> None:
@@ -141,6 +147,11 @@ def _optim(o, prefix: str) -> None:
   _at_least(key + 'weight_decay', o.weight_decay, 0)
   _positive(key + 'clip_norm', o.clip_norm)
   _within(key + 'layer_decay', o.layer_decay, 0.0, 1.0, low_open=True)
+  if 'freeze' in o:
+    _at_least(key + 'freeze_layers', o.freeze_layers, 0)
+    if not all(isinstance(p, str) and p.strip('.') for p in o.freeze):
+      raise UserError(f'{key}freeze={o.freeze!r} must be dotted parameter names; pass e.g. '
+                      f'--config.{key}freeze=embeddings,layers.0')
 
 
 def _seq_len(key: str, value, low: int, why: str, c, prefix: str) -> None:

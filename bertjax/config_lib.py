@@ -142,6 +142,7 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   c.optim.decay = 'linear'
   c.optim.clip_norm = 1.0
   c.optim.layer_decay = 1.0  # < 1 scales layer i's rate by decay**(layers + 1 - depth)
+  _freeze_keys(c.optim)
 
   # Mesh axis sizes; -1 takes the devices left over. Logical->mesh rules: sharding.py.
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -162,6 +163,9 @@ def finetune_defaults(kind: str) -> ConfigDict:
   c.model = model_preset('base')
   c.task = registry.task_module(kind).task_config()
   c.task.seq_len = 128
+  if kind in ('classify', 'tag'):
+    # The head's dropout; None takes model.dropout_rate (transformers' classifier_dropout).
+    c.task.classifier_dropout = None
   c.train = ConfigDict()
   c.train.epochs = 3.0
   c.train.steps = 0  # > 0 overrides epochs
@@ -184,8 +188,18 @@ def finetune_defaults(kind: str) -> ConfigDict:
   c.optim.decay = 'linear'
   c.optim.clip_norm = 1.0
   c.optim.layer_decay = 1.0
+  _freeze_keys(c.optim)
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c
+
+
+def _freeze_keys(optim: ConfigDict) -> None:
+  """Parameters kept as they are: 'embeddings and the first k layers' is
+  freeze_embeddings=True, freeze_layers=k; `freeze` adds dotted name patterns
+  (fnmatch globs per part), e.g. ('pooler', 'layers.*.attention')."""
+  optim.freeze = ()
+  optim.freeze_embeddings = False
+  optim.freeze_layers = 0
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:

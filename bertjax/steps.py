@@ -46,11 +46,13 @@ def pretraining(model_cfg) -> Objective:
       evaluate=pretrain.batch_sums)
 
 
-def finetuning(task, model_cfg, num_labels: int) -> Objective:
+def finetuning(task, model_cfg, num_labels: int,
+               classifier_dropout: float | None = None) -> Objective:
   """A fine-tuning task's objective (a tasks/ module: classify, tag or qa)."""
   return Objective(
       build_model=lambda key: heads.build(task.MODEL_KIND, model_cfg, num_labels=num_labels,
-                                          rngs=nnx.Rngs(params=key)),
+                                          rngs=nnx.Rngs(params=key),
+                                          classifier_dropout=classifier_dropout),
       batch_sums=task.batch_sums,
       batch_counts=lambda batch: dict(count=task.batch_count(batch)),
       loss_from_sums=lambda sums, c: sums['loss_sum'] / jnp.maximum(c['count'], 1.0),
@@ -66,6 +68,15 @@ class Steps:
   abstract_state: Any                     # ShapeDtypeStructs carrying their shardings
   state_sharding: Any
   batch_sharding: jax.sharding.NamedSharding
+
+
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def _moment_sharding(moment, param_sharding):
+  """A moment is sharded like its param; frozen params have no moment (MaskedNode)."""
+  return moment if _is_masked(moment) else param_sharding
 
 
 def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
@@ -97,9 +108,10 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state_sharding = dict(
         step=replicated, params=params_sharding,
-        opt_state=optax.tree_map_params(optimizer, lambda _, s: s,
+        opt_state=optax.tree_map_params(optimizer, _moment_sharding,
                                         abstract_state['opt_state'], params_sharding,
-                                        transform_non_params=lambda _: replicated))
+                                        transform_non_params=lambda _: replicated,
+                                        is_leaf=_is_masked))
   graphdef = nnx.graphdef(abstract_model)
   batch_sharding = sharding.batch_sharding(mesh, rules)
 

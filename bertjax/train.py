@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from bertjax import (checkpoint, config_checks, config_lib, flops, init_weights, loop, reporting, run_lock, sharding,
+from bertjax import (checkpoint, config_checks, config_lib, flops, init_weights, loop, optim, reporting, run_lock, sharding,
                      steps, workdir as workdir_lib)
 from bertjax.data import pipeline
 from bertjax.tasks import pretrain
@@ -17,7 +17,7 @@ from bertjax.tasks import pretrain
 # Config keys a resumed run must share with the run that wrote the checkpoint (the
 # compute dtype, attention kernel, steps or learning rate may change).
 FIXED_KEYS = (*(f'model.{k}' for k in init_weights.ARCHITECTURE_KEYS), 'data.tokenizer',
-              'data.seq_len', 'data.corpus', 'seed')
+              'data.seq_len', 'data.corpus', 'seed', *optim.FREEZE_KEYS)
 
 
 def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[str, float]:
