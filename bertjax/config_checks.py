@@ -47,6 +47,8 @@ def validate_pretrain(c, prefix: str) -> None:
   _at_least(prefix + 'train.eval_every', t.eval_every, 0)
   _common_train(t, prefix)
   _optim(c.optim, prefix)
+  if 'distill' in c:
+    _distill(c.distill, prefix, c.init)
   _choice(prefix + 'data.sentence_objective', d.sentence_objective, instances.OBJECTIVES)
   if d.packing:
     low, why = MIN_PACKED_SEQ_LEN, 'packed rows'
@@ -152,6 +154,22 @@ def _optim(o, prefix: str) -> None:
     if not all(isinstance(p, str) and p.strip('.') for p in o.freeze):
       raise UserError(f'{key}freeze={o.freeze!r} must be dotted parameter names; pass e.g. '
                       f'--config.{key}freeze=embeddings,layers.0')
+
+
+def _distill(d, prefix: str, init: str) -> None:
+  key = prefix + 'distill.'
+  for name in ('alpha_ce', 'alpha_mlm', 'alpha_cos'):
+    _at_least(key + name, d[name], 0)
+  _positive(key + 'temperature', d.temperature)
+  if d.teacher and not d.alpha_ce + d.alpha_mlm + d.alpha_cos > 0:
+    raise UserError(f'{key}alpha_ce, alpha_mlm and alpha_cos are all 0: nothing to train on; '
+                    f'pass e.g. --config.{key}alpha_ce=5.0')
+  if d.init_from_teacher and not d.teacher:
+    raise UserError(f'{key}init_from_teacher is set but {key}teacher is empty; pass '
+                    f'--config.{key}teacher=WORKDIR_OR_HF_DIR')
+  if d.init_from_teacher and init:
+    raise UserError(f'{key}init_from_teacher and {prefix}init={init!r} both give the first '
+                    f'weights; drop one of them')
 
 
 def _seq_len(key: str, value, low: int, why: str, c, prefix: str) -> None:

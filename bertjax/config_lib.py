@@ -144,6 +144,11 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   c.optim.layer_decay = 1.0  # < 1 scales layer i's rate by decay**(layers + 1 - depth)
   _freeze_keys(c.optim)
 
+  # Distillation (DistilBERT): a teacher (bertjax workdir or Hugging Face directory)
+  # whose MLM logits the model learns too; '' trains without one. See distill.py.
+  c.distill = ConfigDict(dict(teacher='', alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0,
+                              temperature=2.0, init_from_teacher=False))
+
   # Mesh axis sizes; -1 takes the devices left over. Logical->mesh rules: sharding.py.
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c

@@ -32,6 +32,9 @@ class Objective:
   loss_from_sums: Callable[[dict, dict], Any]        # (sums, whole-batch counts) -> loss
   metrics_from_sums: Callable[[dict], dict]          # sums -> logged train metrics
   evaluate: Callable[[nnx.Module, Any], Any]         # (model, batch) -> eval outputs
+  # Device arrays the train step takes as a third argument, never differentiated nor
+  # saved (a distillation teacher's params); batch_sums then gets them last.
+  extra_inputs: Any = None
 
 
 def pretraining(model_cfg) -> Objective:
@@ -115,7 +118,7 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
   graphdef = nnx.graphdef(abstract_model)
   batch_sharding = sharding.batch_sharding(mesh, rules)
 
-  def train_step(state, batch):
+  def train_step(state, batch, extra=None):
     # Dropout derives from (seed, step): a resumed run draws the same masks.
     dropout_key = jax.random.fold_in(base_key, state['step'])
     counts = objective.batch_counts(batch)
@@ -123,7 +126,9 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
     def micro_grads(params, micro_batch, micro_index):
       def loss_fn(p):
         rngs = nnx.Rngs(dropout=jax.random.fold_in(dropout_key, micro_index))
-        sums = objective.batch_sums(nnx.merge(graphdef, p), micro_batch, rngs)
+        model = nnx.merge(graphdef, p)
+        sums = (objective.batch_sums(model, micro_batch, rngs) if extra is None
+                else objective.batch_sums(model, micro_batch, rngs, extra))
         return objective.loss_from_sums(sums, counts), sums
       return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -153,6 +158,8 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
   def eval_step(params, batch):
     return objective.evaluate(nnx.merge(graphdef, params), batch)
 
+  extra = objective.extra_inputs
+  extra_sharding = () if extra is None else (jax.tree.map(lambda x: x.sharding, extra),)
   with sharding.activate(mesh, rules):
     abstract_with_sharding = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -161,9 +168,17 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
         init=jax.jit(init, out_shardings=state_sharding),
         init_from_params=jax.jit(init_from_params, in_shardings=(params_sharding,),
                                  out_shardings=state_sharding),
-        train_step=jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                           out_shardings=(state_sharding, replicated), donate_argnums=0),
+        train_step=_with_extra(jax.jit(
+            train_step, in_shardings=(state_sharding, batch_sharding, *extra_sharding),
+            out_shardings=(state_sharding, replicated), donate_argnums=0), extra),
         eval_step=jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding),
                           out_shardings=replicated),
         abstract_state=abstract_with_sharding, state_sharding=state_sharding,
         batch_sharding=batch_sharding)
+
+
+def _with_extra(jitted_step, extra):
+  """The step as (state, batch) -> ..., with the objective's extra inputs passed in."""
+  if extra is None:
+    return jitted_step
+  return lambda state, batch: jitted_step(state, batch, extra)
