@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from bertjax import config_lib, optim, sharding, steps, train
+from bertjax import config_lib, finetune, optim, sharding, steps, train, weights
 from bertjax.errors import UserError
 from bertjax.models import heads
 from bertjax.models.bert import BertConfig
@@ -15,6 +15,7 @@ from bertjax.models.bert import BertConfig
 from conftest import ROOT
 
 QUICKSTART = os.path.join(ROOT, 'experiments', 'quickstart.py')
+GLUE = os.path.join(ROOT, 'experiments', 'glue.py')
 VOCAB = 100
 
 
@@ -95,12 +96,36 @@ def test_bad_freeze_keys_are_one_line():
     train_steps(1, freeze_layers=4)
 
 
-def test_resuming_with_another_freeze_is_refused(tmp_path):
-  workdir = str(tmp_path / 'run')
-  quick = {'train.steps': 2, 'train.eval_batches': 1}
-  train.train_and_evaluate(local_config(**quick), workdir)
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('pretrained'))
+  train.train_and_evaluate(local_config(**{'train.steps': 2, 'train.eval_batches': 1}), workdir)
+  return workdir
+
+
+def test_resuming_with_another_freeze_is_refused(pretrained):
+  config = local_config(**{'train.steps': 2, 'train.eval_batches': 1, 'optim.freeze_layers': 1})
   with pytest.raises(UserError, match=r'trained with optim.freeze_layers=0, but the config says 1'):
-    train.train_and_evaluate(local_config(**quick, **{'optim.freeze_layers': 1}), workdir)
+    train.train_and_evaluate(config, pretrained)
+
+
+def test_a_frozen_encoder_fine_tunes_checkpoints_and_resumes_unchanged(pretrained, tmp_path):
+  workdir = str(tmp_path / 'glue')
+
+  def glue(steps):
+    c = config_lib.load_config(f'{GLUE}:local,init={pretrained}')
+    return config_lib.apply_overrides(c, [
+        f'train.steps={steps}', 'train.checkpoint_every=1', 'train.eval_every=1',
+        'optim.freeze_embeddings=true', 'optim.freeze_layers=2'])
+  finetune.finetune_and_evaluate(glue(1), workdir)
+  finetune.finetune_and_evaluate(glue(2), workdir)  # restores the masked optimizer state
+  encoder = lambda w: {n: v for n, v in w.tensors.items() if n.startswith('bert.')
+                       and 'pooler' not in n}
+  before = encoder(weights.open_weights(pretrained))
+  after = encoder(weights.open_weights(workdir, step=2))
+  assert before.keys() == after.keys() and before
+  for name in before:
+    np.testing.assert_array_equal(before[name], after[name], err_msg=name)
 
 
 @pytest.mark.parametrize('kind', ['sequence_classification', 'token_classification'])
