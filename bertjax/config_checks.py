@@ -48,6 +48,8 @@ def validate_pretrain(c, prefix: str) -> None:
   _common_train(t, prefix)
   _optim(c.optim, prefix)
   _mesh(c, prefix)
+  if 'distill' in c:
+    _distill(c.distill, prefix, c.init)
   _choice(prefix + 'data.sentence_objective', d.sentence_objective, instances.OBJECTIVES)
   if d.packing:
     low, why = MIN_PACKED_SEQ_LEN, 'packed rows'
@@ -116,6 +118,12 @@ def validate_finetune(c, prefix: str, needs_init: bool = True) -> None:
   _mesh(c, prefix)
   _seq_len(prefix + 'task.seq_len', c.task.seq_len, MIN_TASK_SEQ_LEN, '[CLS] text [SEP]', c,
            prefix)
+  dropout = c.task.get('classifier_dropout')
+  if dropout is not None:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+      raise UserError(f'{prefix}task.classifier_dropout={dropout!r} must be a rate or None; '
+                      f'pass --config.{prefix}task.classifier_dropout=0.1')
+    _within(prefix + 'task.classifier_dropout', dropout, 0.0, 1.0, high_open=True)
 
 
 def _model(c, prefix: str) -> None:
@@ -176,6 +184,27 @@ def _optim(o, prefix: str) -> None:
   _at_least(key + 'weight_decay', o.weight_decay, 0)
   _positive(key + 'clip_norm', o.clip_norm)
   _within(key + 'layer_decay', o.layer_decay, 0.0, 1.0, low_open=True)
+  if 'freeze' in o:
+    _at_least(key + 'freeze_layers', o.freeze_layers, 0)
+    if not all(isinstance(p, str) and p.strip('.') for p in o.freeze):
+      raise UserError(f'{key}freeze={o.freeze!r} must be dotted parameter names; pass e.g. '
+                      f'--config.{key}freeze=embeddings,layers.0')
+
+
+def _distill(d, prefix: str, init: str) -> None:
+  key = prefix + 'distill.'
+  for name in ('alpha_ce', 'alpha_mlm', 'alpha_cos'):
+    _at_least(key + name, d[name], 0)
+  _positive(key + 'temperature', d.temperature)
+  if d.teacher and not d.alpha_ce + d.alpha_mlm + d.alpha_cos > 0:
+    raise UserError(f'{key}alpha_ce, alpha_mlm and alpha_cos are all 0: nothing to train on; '
+                    f'pass e.g. --config.{key}alpha_ce=5.0')
+  if d.init_from_teacher and not d.teacher:
+    raise UserError(f'{key}init_from_teacher is set but {key}teacher is empty; pass '
+                    f'--config.{key}teacher=WORKDIR_OR_HF_DIR')
+  if d.init_from_teacher and init:
+    raise UserError(f'{key}init_from_teacher and {prefix}init={init!r} both give the first '
+                    f'weights; drop one of them')
 
 
 def _seq_len(key: str, value, low: int, why: str, c, prefix: str) -> None:

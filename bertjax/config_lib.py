@@ -147,6 +147,12 @@ def pretrain_defaults(model: str = 'base') -> ConfigDict:
   c.optim.decay = 'linear'
   c.optim.clip_norm = 1.0
   c.optim.layer_decay = 1.0  # < 1 scales layer i's rate by decay**(layers + 1 - depth)
+  _freeze_keys(c.optim)
+
+  # Distillation (DistilBERT): a teacher (bertjax workdir or Hugging Face directory)
+  # whose MLM logits the model learns too; '' trains without one. See distill.py.
+  c.distill = ConfigDict(dict(teacher='', alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0,
+                              temperature=2.0, init_from_teacher=False))
 
   c.mesh = mesh_defaults()
   return c
@@ -166,6 +172,9 @@ def finetune_defaults(kind: str) -> ConfigDict:
   c.model = model_preset('base')
   c.task = registry.task_module(kind).task_config()
   c.task.seq_len = 128
+  if kind in ('classify', 'tag'):
+    # The head's dropout; None takes model.dropout_rate (transformers' classifier_dropout).
+    c.task.classifier_dropout = None
   c.train = ConfigDict()
   c.train.epochs = 3.0
   c.train.steps = 0  # > 0 overrides epochs
@@ -188,6 +197,7 @@ def finetune_defaults(kind: str) -> ConfigDict:
   c.optim.decay = 'linear'
   c.optim.clip_norm = 1.0
   c.optim.layer_decay = 1.0
+  _freeze_keys(c.optim)
   c.mesh = mesh_defaults()
   return c
 
@@ -197,6 +207,15 @@ def mesh_defaults() -> ConfigDict:
   data parallel across the slices; `rules`: logical->mesh axis pairs tried before
   sharding.DEFAULT_RULES, e.g. --config.mesh.rules=embed:fsdp,mlp:tensor."""
   return ConfigDict(dict(data=-1, fsdp=1, tensor=1, slices=1, rules=()))
+
+
+def _freeze_keys(optim: ConfigDict) -> None:
+  """Parameters kept as they are: 'embeddings and the first k layers' is
+  freeze_embeddings=True, freeze_layers=k; `freeze` adds dotted name patterns
+  (fnmatch globs per part), e.g. ('pooler', 'layers.*.attention')."""
+  optim.freeze = ()
+  optim.freeze_embeddings = False
+  optim.freeze_layers = 0
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:

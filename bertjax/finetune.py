@@ -19,14 +19,14 @@ import jax
 import numpy as np
 
 from bertjax import (checkpoint, config_checks, config_lib, evaluate, flops, init_weights, loop,
-                     reporting, run_lock, sharding, steps, storage, train,
+                     optim, reporting, run_lock, sharding, steps, storage, train,
                      workdir as workdir_lib)
 from bertjax.data import embedded_tasks
 from bertjax.errors import UserError
 from bertjax.tasks import registry
 
 FIXED_KEYS = (*(f'model.{k}' for k in init_weights.ARCHITECTURE_KEYS), 'task.kind',
-              'task.train', 'task.seq_len', 'seed', 'init')
+              'task.train', 'task.seq_len', 'seed', 'init', *optim.FREEZE_KEYS)
 
 
 def is_finetune_config(config) -> bool:
@@ -108,8 +108,9 @@ def _finetune(config, workdir: str, profile: bool) -> dict[str, float]:
 
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
-  fns = steps.build(config, model_cfg, mesh, rules, steps.finetuning(task, model_cfg, info.num_labels),
-                    total_steps=n_steps)
+  objective = steps.finetuning(task, model_cfg, info.num_labels,
+                               config.task.get('classifier_dropout'))
+  fns = steps.build(config, model_cfg, mesh, rules, objective, total_steps=n_steps)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
 
   def start_fresh(_):

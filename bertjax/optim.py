@@ -3,9 +3,14 @@ learning-rate schedule, and optional layer-wise learning-rate decay.
 
 BERT's recipe: linear warm-up to the peak rate, then linear decay to 0 at the last
 step; weight decay on every weight but biases and LayerNorm parameters.
+
+Frozen parameters (`optim.freeze`, `freeze_embeddings`, `freeze_layers`) go through
+`optax.set_to_zero` in an `optax.multi_transform`: their updates are exactly zero
+(weight decay included), and the AdamW/LAMB state holds only `MaskedNode`s for them.
 """
 from __future__ import annotations
 
+import fnmatch
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +75,59 @@ def scale_by_layer_decay(decay: float, num_layers: int) -> optax.GradientTransfo
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
+# The config keys that choose frozen parameters; a resumed run must keep them.
+FREEZE_KEYS = ('optim.freeze', 'optim.freeze_embeddings', 'optim.freeze_layers')
+
+
+def freeze_patterns(optim_cfg, num_layers: int) -> tuple[str, ...]:
+  """`optim.freeze` plus what `freeze_embeddings` and `freeze_layers=k` stand for
+  ('embeddings', 'layers.0' ... 'layers.{k-1}')."""
+  k = optim_cfg.get('freeze_layers', 0)
+  if k > num_layers:
+    raise UserError(f'optim.freeze_layers={k} exceeds the model\'s {num_layers} layers; '
+                    f'pass --config.optim.freeze_layers=N with N <= {num_layers}')
+  patterns = list(optim_cfg.get('freeze', ()))
+  if optim_cfg.get('freeze_embeddings', False):
+    patterns.append('embeddings')
+  patterns += [f'layers.{i}' for i in range(k)]
+  return tuple(dict.fromkeys(patterns))
+
+
+def _matches(pattern: str, names: list[str]) -> bool:
+  """`pattern`'s dotted parts (fnmatch globs) are consecutive parts of the path:
+  'layers.1' matches bert.layers.1.*, not bert.layers.10.*."""
+  parts = pattern.split('.')
+  return any(all(fnmatch.fnmatchcase(n, p) for n, p in zip(names[i:i + len(parts)], parts))
+             for i in range(len(names) - len(parts) + 1))
+
+
+def frozen_labels(params, patterns: tuple[str, ...]):
+  """'frozen' or 'trained' for each parameter; a pattern matching none is an error."""
+  if not isinstance(params, dict):
+    # optax.tree_map_params initialises with one placeholder for the whole tree: the
+    # trained part's moments then stand where the params do, as sharding needs.
+    return 'trained'
+  paths = [[_name(k) for k in path]
+           for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  for pattern in patterns:
+    if not any(_matches(pattern, names) for names in paths):
+      raise UserError(f'optim.freeze pattern {pattern!r} matches no parameter; use dotted '
+                      'parameter names such as embeddings, layers.0, pooler or classifier')
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'frozen' if any(_matches(p, [_name(k) for k in path])
+                                      for p in patterns) else 'trained', params)
+
+
 def make_optimizer(optim_cfg, total_steps: int, num_layers: int) -> optax.GradientTransformation:
+  trained = _trained_chain(optim_cfg, total_steps, num_layers)
+  patterns = freeze_patterns(optim_cfg, num_layers)
+  if not patterns:
+    return trained
+  return optax.multi_transform(dict(trained=trained, frozen=optax.set_to_zero()),
+                               lambda params: frozen_labels(params, patterns))
+
+
+def _trained_chain(optim_cfg, total_steps: int, num_layers: int) -> optax.GradientTransformation:
   schedule = learning_rate_schedule(optim_cfg, total_steps)
   kwargs = dict(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                 weight_decay=optim_cfg.weight_decay, mask=weight_decay_mask)

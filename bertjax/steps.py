@@ -34,6 +34,9 @@ class Objective:
   loss_from_sums: Callable[[dict, dict], Any]        # (sums, whole-batch counts) -> loss
   metrics_from_sums: Callable[[dict], dict]          # sums -> logged train metrics
   evaluate: Callable[[nnx.Module, Any], Any]         # (model, batch) -> eval outputs
+  # Device arrays the train step takes as a third argument, never differentiated nor
+  # saved (a distillation teacher's params); batch_sums then gets them last.
+  extra_inputs: Any = None
 
 
 def pretraining(model_cfg) -> Objective:
@@ -48,11 +51,13 @@ def pretraining(model_cfg) -> Objective:
       evaluate=pretrain.batch_sums)
 
 
-def finetuning(task, model_cfg, num_labels: int) -> Objective:
+def finetuning(task, model_cfg, num_labels: int,
+               classifier_dropout: float | None = None) -> Objective:
   """A fine-tuning task's objective (a tasks/ module: classify, tag or qa)."""
   return Objective(
       build_model=lambda key: heads.build(task.MODEL_KIND, model_cfg, num_labels=num_labels,
-                                          rngs=nnx.Rngs(params=key)),
+                                          rngs=nnx.Rngs(params=key),
+                                          classifier_dropout=classifier_dropout),
       batch_sums=task.batch_sums,
       batch_counts=lambda batch: dict(count=task.batch_count(batch)),
       loss_from_sums=lambda sums, c: sums['loss_sum'] / jnp.maximum(c['count'], 1.0),
@@ -70,6 +75,15 @@ class Steps:
   batch_sharding: jax.sharding.NamedSharding
 
 
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def _moment_sharding(moment, param_sharding):
+  """A moment is sharded like its param; frozen params have no moment (MaskedNode)."""
+  return moment if _is_masked(moment) else param_sharding
+
+
 def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
           total_steps: int | None = None) -> Steps:
   objective = objective or pretraining(model_cfg)
@@ -78,6 +92,9 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
   schedule = optim.learning_rate_schedule(config.optim, total_steps)
   base_key = jax.random.key(config.seed)
   accum = config.train.grad_accum_steps
+  if objective.extra_inputs is not None and accum > 1:
+    raise UserError('distillation runs without gradient accumulation for now; set '
+                    '--config.train.grad_accum_steps=1 (and a batch that fits)')
   batch_shards = sharding.num_batch_shards(mesh, rules)
   if config.train.batch_size % (batch_shards * accum):
     raise UserError(f'train.batch_size {config.train.batch_size} must split into '
@@ -99,9 +116,10 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state_sharding = dict(
         step=replicated, params=params_sharding,
-        opt_state=optax.tree_map_params(optimizer, lambda _, s: s,
+        opt_state=optax.tree_map_params(optimizer, _moment_sharding,
                                         abstract_state['opt_state'], params_sharding,
-                                        transform_non_params=lambda _: replicated))
+                                        transform_non_params=lambda _: replicated,
+                                        is_leaf=_is_masked))
   graphdef = nnx.graphdef(abstract_model)
   batch_sharding = sharding.batch_sharding(mesh, rules)
 
@@ -143,21 +161,24 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
         in_specs=(params_spec, P(batch_axes), P(), P()),
         out_specs=(params_spec, P()))(params, batch, dropout_key, counts)
 
-  def micro_grads(params, micro_batch, key, counts):
-    """Gradients of a micro-batch's share of the whole batch's loss, and its sums."""
+  def micro_grads(params, micro_batch, key, counts, extra=None):
+    """Gradients of a micro-batch's share of the whole batch's loss, and its sums;
+    `extra`: the objective's extra inputs (a distillation teacher's params)."""
     def loss_fn(p):
-      sums = objective.batch_sums(nnx.merge(graphdef, p), micro_batch, nnx.Rngs(dropout=key))
+      model, rngs = nnx.merge(graphdef, p), nnx.Rngs(dropout=key)
+      sums = (objective.batch_sums(model, micro_batch, rngs) if extra is None
+              else objective.batch_sums(model, micro_batch, rngs, extra))
       return objective.loss_from_sums(sums, counts), sums
     return jax.grad(loss_fn, has_aux=True)(params)
 
-  def train_step(state, batch):
+  def train_step(state, batch, extra=None):
     # Dropout derives from (seed, step): a resumed run draws the same masks.
     dropout_key = jax.random.fold_in(base_key, state['step'])
     counts = objective.batch_counts(batch)
 
     if accum == 1:
       grads, sums = micro_grads(state['params'], batch, jax.random.fold_in(dropout_key, 0),
-                                counts)
+                                counts, extra)
     else:
       grads, sums = accumulate(state['params'], batch, dropout_key, counts)
 
@@ -171,6 +192,8 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
   def eval_step(params, batch):
     return objective.evaluate(nnx.merge(graphdef, params), batch)
 
+  extra = objective.extra_inputs
+  extra_sharding = () if extra is None else (jax.tree.map(lambda x: x.sharding, extra),)
   with sharding.activate(mesh, rules):
     abstract_with_sharding = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -179,8 +202,9 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
         init=jax.jit(init, out_shardings=state_sharding),
         init_from_params=jax.jit(init_from_params, in_shardings=(params_sharding,),
                                  out_shardings=state_sharding),
-        train_step=jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                           out_shardings=(state_sharding, replicated), donate_argnums=0),
+        train_step=_with_extra(jax.jit(
+            train_step, in_shardings=(state_sharding, batch_sharding, *extra_sharding),
+            out_shardings=(state_sharding, replicated), donate_argnums=0), extra),
         eval_step=jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding),
                           out_shardings=replicated),
         abstract_state=abstract_with_sharding, state_sharding=state_sharding,
@@ -206,3 +230,10 @@ def _reduce(g, spec, batch_axes):
       scattered.update((axes,) if isinstance(axes, str) else axes)
   rest = tuple(a for a in batch_axes if a not in scattered)
   return jax.lax.psum(g, rest) if rest else g
+
+
+def _with_extra(jitted_step, extra):
+  """The step as (state, batch) -> ..., with the objective's extra inputs passed in."""
+  if extra is None:
+    return jitted_step
+  return lambda state, batch: jitted_step(state, batch, extra)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from bertjax import (checkpoint, config_checks, config_lib, flops, init_weights, loop, reporting, run_lock, sharding,
+from bertjax import (checkpoint, config_checks, config_lib, distill, flops, init_weights, loop, optim, reporting, run_lock, sharding,
                      steps, workdir as workdir_lib)
 from bertjax.data import pipeline
 from bertjax.tasks import pretrain
@@ -17,7 +17,7 @@ from bertjax.tasks import pretrain
 # Config keys a resumed run must share with the run that wrote the checkpoint (the
 # compute dtype, attention kernel, steps or learning rate may change).
 FIXED_KEYS = (*(f'model.{k}' for k in init_weights.ARCHITECTURE_KEYS), 'data.tokenizer',
-              'data.seq_len', 'data.corpus', 'seed')
+              'data.seq_len', 'data.corpus', 'seed', *optim.FREEZE_KEYS)
 
 
 def train_and_evaluate(config, workdir: str, *, profile: bool = False) -> dict[str, float]:
@@ -37,8 +37,9 @@ def _train(config, workdir: str, profile: bool) -> dict[str, float]:
   if config.init:
     init_weights.adopt_architecture(config)
   workdir_lib.check_config(config, workdir, FIXED_KEYS)
-  if config.init:
-    init_weights.adopt_tokenizer(config.init, workdir)
+  teacher_path = config.get('distill', {}).get('teacher', '')
+  if config.init or teacher_path:  # a student takes its teacher's tokenizer
+    init_weights.adopt_tokenizer(config.init or teacher_path, workdir)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
   data = pipeline.build(config.data, batch_size=config.train.batch_size,
@@ -47,7 +48,9 @@ def _train(config, workdir: str, profile: bool) -> dict[str, float]:
   workdir_lib.write_config(config, workdir)
   model_cfg = config_lib.model_config(config, data.tokenizer.vocab_size)
   total_steps = config.train.steps
-  fns = steps.build(config, model_cfg, mesh, rules)
+  teacher = distill.open_teacher(teacher_path, model_cfg, mesh, rules) if teacher_path else None
+  objective = distill.pretraining(config.distill, model_cfg, teacher) if teacher else None
+  fns = steps.build(config, model_cfg, mesh, rules, objective)
 
   train_iter = pipeline.train_iterator(data, config.data.workers)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
@@ -60,6 +63,9 @@ def _train(config, workdir: str, profile: bool) -> dict[str, float]:
       reporting.log(f'starting from the weights of {config.init}')
       fresh = fns.init(jax.random.key(0))['params']
       return fns.init_from_params(init_weights.initial_params(config.init, fresh, 'pretraining'))
+    if teacher and config.distill.init_from_teacher:
+      fresh = jax.device_get(fns.init(jax.random.key(config.seed))['params'])
+      return fns.init_from_params(distill.student_from_teacher(teacher, fresh))
     return fns.init(jax.random.key(config.seed))
 
   state, start = loop.restore_or_start(mngr, fns.abstract_state, start_fresh, workdir, train_iter)

@@ -150,7 +150,7 @@ def check_config(config, workdir, fixed_keys) -> None:
     a, b = old, new
     for part in key.split('.'):
       a, b = (a or {}).get(part), (b or {}).get(part)
-    if a != b:
+    if a != b and not (a is None and not b):  # a key newer than the workdir, left unset
       raise UserError(f'{workdir} was trained with {key}={a}, but the config says {b}; '
                       'use a new --workdir, or the original config to resume')
 

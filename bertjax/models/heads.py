@@ -112,15 +112,18 @@ class BertForPreTraining(nnx.Module):
 class BertForSequenceClassification(nnx.Module):
   """Pooled output -> dropout -> num_labels logits (num_labels=1 is regression)."""
 
-  def __init__(self, cfg: BertConfig, num_labels: int, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: BertConfig, num_labels: int, *, rngs: nnx.Rngs,
+               classifier_dropout: float | None = None):
     self.config, self.num_labels = cfg, num_labels
+    self.classifier_dropout = (cfg.dropout_rate if classifier_dropout is None
+                               else classifier_dropout)
     self.bert = BertModel(cfg, rngs=rngs)
     self.classifier = layers.Dense(cfg.hidden_size, num_labels, axes=('embed', None),
                                    rngs=rngs)
 
   def head(self, x_BLD, pooled_BD, rngs=None):
     del x_BLD
-    pooled_BD = layers.dropout(pooled_BD, self.config.dropout_rate, rngs)
+    pooled_BD = layers.dropout(pooled_BD, self.classifier_dropout, rngs)
     return self.classifier(pooled_BD).astype(jnp.float32)
 
   def __call__(self, input_ids_BL, token_type_ids_BL=None, attention_mask_BL=None, *,
@@ -132,15 +135,18 @@ class BertForSequenceClassification(nnx.Module):
 class BertForTokenClassification(nnx.Module):
   """Per-token num_labels logits over the sequence output (no pooler)."""
 
-  def __init__(self, cfg: BertConfig, num_labels: int, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: BertConfig, num_labels: int, *, rngs: nnx.Rngs,
+               classifier_dropout: float | None = None):
     self.config, self.num_labels = cfg, num_labels
+    self.classifier_dropout = (cfg.dropout_rate if classifier_dropout is None
+                               else classifier_dropout)
     self.bert = BertModel(cfg, add_pooler=False, rngs=rngs)
     self.classifier = layers.Dense(cfg.hidden_size, num_labels, axes=('embed', None),
                                    rngs=rngs)
 
   def head(self, x_BLD, pooled_BD, rngs=None):
     del pooled_BD
-    x_BLD = layers.dropout(x_BLD, self.config.dropout_rate, rngs)
+    x_BLD = layers.dropout(x_BLD, self.classifier_dropout, rngs)
     return self.classifier(x_BLD).astype(jnp.float32)
 
   def __call__(self, input_ids_BL, token_type_ids_BL=None, attention_mask_BL=None, *,
@@ -168,16 +174,20 @@ class BertForQuestionAnswering(nnx.Module):
                                 rngs=rngs))
 
 
-def build(kind: str, cfg: BertConfig, *, num_labels: int = 2, rngs: nnx.Rngs):
-  """A model by head kind (the keys of hf_weights.HF_CLASSES)."""
+def build(kind: str, cfg: BertConfig, *, num_labels: int = 2, rngs: nnx.Rngs,
+          classifier_dropout: float | None = None):
+  """A model by head kind (the keys of hf_weights.HF_CLASSES). `classifier_dropout`
+  (None: the encoder's dropout_rate) is the classification heads' dropout."""
   if kind == 'encoder':
     return BertModel(cfg, rngs=rngs)
   if kind == 'pretraining':
     return BertForPreTraining(cfg, rngs=rngs)
   if kind == 'sequence_classification':
-    return BertForSequenceClassification(cfg, num_labels, rngs=rngs)
+    return BertForSequenceClassification(cfg, num_labels, rngs=rngs,
+                                         classifier_dropout=classifier_dropout)
   if kind == 'token_classification':
-    return BertForTokenClassification(cfg, num_labels, rngs=rngs)
+    return BertForTokenClassification(cfg, num_labels, rngs=rngs,
+                                      classifier_dropout=classifier_dropout)
   if kind == 'question_answering':
     return BertForQuestionAnswering(cfg, rngs=rngs)
   raise ValueError(f'unknown model kind {kind!r}')
