@@ -3,7 +3,7 @@
 bertjax import --format hf --from MINILM_DIR --workdir runs/minilm
 bertjax train --config experiments/agnews.py:init=runs/minilm --workdir runs/agnews
 bertjax train --config experiments/agnews.py:init=runs/minilm,data=/data/agnews --workdir ...
-python -m bertjax.finetune_peer --config experiments/agnews.py:init=MINILM_DIR --workdir runs/side
+bertjax bench --finetune --config experiments/agnews.py:init=MINILM_DIR --workdir runs/side
   (bertjax and transformers fine-tuned alike, side by side)
 """
 import os
