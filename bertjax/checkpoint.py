@@ -198,6 +198,12 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None):
     try:
       return _restore_step(mngr, step, abstract_state, data_iterator)
     except Exception as e:  # noqa: BLE001 - tensorstore reports damage as many kinds
+      if jax.process_count() > 1:
+        # Processes may fail on different shards: moving checkpoints aside needs them to
+        # agree, so a multi-host run stops and says which step instead.
+        raise UserError(f'checkpoint {step} in {mngr.directory} cannot be read '
+                        f'({_first_line(e)}); re-run on one host to set it aside, or move '
+                        'it out of checkpoints/ yourself') from e
       _set_aside(mngr, step, e)
   if _unreadable_dir(mngr).is_dir():
     raise UserError(f'no checkpoint in {mngr.directory} can be read (the unreadable ones are '
@@ -289,15 +295,12 @@ def _unreadable_dir(mngr) -> epath.Path:
 
 def _set_aside(mngr, step: int, error: Exception) -> None:
   """Moves an unreadable checkpoint out of orbax's sight (kept, not deleted), so that
-  the run continues from the one before and later saves of this step can happen."""
+  the run continues from the one before and later saves of this step can happen.
+  Single-process runs only (see `restore`)."""
   dest = _unreadable_dir(mngr) / str(step)
-  if jax.process_index() == 0:
-    if dest.exists():  # set aside before: keep both
-      dest = dest.parent / f'{step}.{len(list(_unreadable_dir(mngr).iterdir()))}'
-    storage.move(epath.Path(mngr.directory) / str(step), dest)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(f'bertjax checkpoint {step} set aside')
+  if dest.exists():  # set aside before: keep both
+    dest = dest.parent / f'{step}.{len(list(_unreadable_dir(mngr).iterdir()))}'
+  storage.move(epath.Path(mngr.directory) / str(step), dest)
   mngr.reload()
   previous = mngr.latest_step()
   logging.warning('checkpoint %s cannot be read (%s); moved it to %s and %s', step,

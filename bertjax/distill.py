@@ -100,8 +100,7 @@ def pretraining(distill_cfg, model_cfg: BertConfig, teacher: Teacher) -> steps.O
               batch['position_ids'])
     x_BLD, pooled_BD = model.bert(*inputs, rngs=rngs)
     logits = model.head(x_BLD, pooled_BD, batch['mlm_positions'])
-    # pretrain.batch_sums calls its model; this one hands back the logits just computed.
-    sums = pretrain.batch_sums(lambda *args, **kwargs: logits, batch)
+    sums = pretrain.sums_from_outputs(model, batch, x_BLD, logits)
     frozen = nnx.merge(teacher.graphdef, jax.lax.stop_gradient(teacher_params))
     t_BLD, t_pooled_BD = frozen.bert(*inputs)  # no rngs: no dropout
     teacher_logits_BPV, _ = frozen.head(t_BLD, t_pooled_BD, batch['mlm_positions'])

@@ -62,9 +62,12 @@ def read_hf_config(src: str) -> tuple[BertConfig, dict]:
   rates = {}
   for key, default in _RATE_KEYS.items():
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-      raise UserError(f'{path}: {key} is {value!r}, not a non-negative number; fix '
-                      'config.json')
+    # Dropout rates lie in [0, 1); the LayerNorm epsilon is positive.
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and (0 < value if key == 'layer_norm_eps' else 0 <= value < 1))
+    if not ok:
+      want = 'a positive number' if key == 'layer_norm_eps' else 'a rate in [0, 1)'
+      raise UserError(f'{path}: {key} is {value!r}, not {want}; fix config.json')
     rates[key] = float(value)
   if sizes['hidden_size'] % sizes['num_attention_heads']:
     raise UserError(f'{path}: hidden_size {sizes["hidden_size"]} is not a multiple of '
@@ -81,7 +84,7 @@ def read_hf_config(src: str) -> tuple[BertConfig, dict]:
   return cfg, raw
 
 
-def hf_config_dict(cfg: BertConfig, kind: str, **extra) -> dict:
+def hf_config_dict(cfg: BertConfig, kind: str, *, pad_token_id: int = 0, **extra) -> dict:
   return dict(
       architectures=[hf_weights.HF_CLASSES[kind]], model_type='bert',
       vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
@@ -91,7 +94,7 @@ def hf_config_dict(cfg: BertConfig, kind: str, **extra) -> dict:
       attention_probs_dropout_prob=cfg.attention_dropout_rate,
       max_position_embeddings=cfg.max_position_embeddings,
       type_vocab_size=cfg.type_vocab_size, initializer_range=0.02,
-      layer_norm_eps=cfg.layer_norm_eps, pad_token_id=0,
+      layer_norm_eps=cfg.layer_norm_eps, pad_token_id=pad_token_id,
       position_embedding_type='absolute', tie_word_embeddings=True, **extra)
 
 
@@ -181,7 +184,8 @@ def hf_files(tensors: dict[str, np.ndarray], cfg: BertConfig, kind: str, tok, *,
                  label2id={n: i for i, n in enumerate(names)})
   files = {
       'model.safetensors': save(tensors, metadata={'format': 'pt'}),
-      'config.json': json.dumps(hf_config_dict(cfg, kind, **extra), indent=2).encode(),
+      'config.json': json.dumps(hf_config_dict(cfg, kind, pad_token_id=tok.pad_id, **extra),
+                             indent=2).encode(),
   }
   with tempfile.TemporaryDirectory(prefix='bertjax-tokenizer-') as tmp:
     hf_tokenizer.write_hf_tokenizer(tok, tmp, model_max_length=cfg.max_position_embeddings)

@@ -48,6 +48,8 @@ def adopt_tokenizer(init: str, workdir: str) -> tokenizer_lib.Tokenizer:
   adopted = workdir_lib.read_json(record_path) if record_path.is_file() else None
   derived = derived_tokenizer.read_record(directory)
   existing = tokenizer_lib.find(directory)
+  # Every process decides on what it read before process 0 may write: all decide alike.
+  derived_tokenizer.sync('tokenizer read')
   if existing is not None and (adopted == wanted or (adopted is None and derived is None)):
     return existing  # ours, or from before records were kept: trusted as it is
   if existing is not None:

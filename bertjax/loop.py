@@ -75,7 +75,8 @@ def run(job: Job, state, start: int, *, workdir: str, mngr, writer: reporting.Me
       if done % job.log_every == 0 or done == job.total_steps:
         summary = job.summarise(jax.device_get(pending), time.perf_counter() - last_time,
                                 done - last_logged)
-        if not np.isfinite(summary['loss']):
+        # A non-finite gradient writes NaN weights while its loss is still finite.
+        if not (np.isfinite(summary['loss']) and np.isfinite(summary.get('grad_norm', 0.0))):
           bar.close()
           raise UserError(_nan_message(mngr, summary['loss'], done, last_logged))
         writer.write(done, summary)

@@ -40,8 +40,10 @@ class BertOutput:
 class PretrainedModel:
   """A BERT with its weights, callable like a `transformers` model (eval mode)."""
 
-  def __init__(self, module: nnx.Module, kind: str, config: BertConfig, num_labels: int = 2):
+  def __init__(self, module: nnx.Module, kind: str, config: BertConfig, num_labels: int = 2,
+               label_names: tuple[str, ...] = ()):
     self.module, self.kind, self.config, self.num_labels = module, kind, config, num_labels
+    self.label_names = tuple(label_names)  # a classifier's, where its source named them
     self._graphdef, self._state = nnx.split(module)
     self._forward = jax.jit(self._apply, static_argnames='output_attentions')
 
@@ -142,7 +144,8 @@ def from_pretrained(path: str) -> tuple[PretrainedModel, PretrainedTokenizer]:
   fresh = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
   params, _ = weights.transplant(source, fresh, source.kind, source.num_labels)
   nnx.replace_by_pure_dict(state, params)
-  return (PretrainedModel(nnx.merge(graphdef, state), source.kind, cfg, source.num_labels),
+  return (PretrainedModel(nnx.merge(graphdef, state), source.kind, cfg, source.num_labels,
+                          source.label_names),
           PretrainedTokenizer(weights.open_tokenizer(path), cfg.max_position_embeddings))
 
 
@@ -151,4 +154,4 @@ def save_pretrained(model: PretrainedModel, tokenizer: PretrainedTokenizer, out_
   into a new or empty directory or over an earlier export (anything else is refused)."""
   params = jax.tree.map(np.asarray, model.params)
   return hf_convert.write_hf_dir(params, model.config, model.kind, tokenizer.tokenizer, out_dir,
-                         num_labels=model.num_labels)
+                                 num_labels=model.num_labels, label_names=model.label_names)

@@ -80,12 +80,17 @@ class _LocalLockFile:
     self.path = path
 
   def create(self, data: bytes) -> bool:
+    # Written whole beside it, then linked into place (fails if it exists): another
+    # run never reads a lock file that is still empty and takes it for a stale one.
+    tmp = f'{self.path}.{uuid.uuid4().hex}.tmp'
+    with open(tmp, 'wb') as f:
+      f.write(data)
     try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      os.link(tmp, self.path)
     except FileExistsError:
       return False
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
+    finally:
+      os.remove(tmp)
     return True
 
   def read(self) -> tuple[bytes | None, None]:
@@ -215,7 +220,13 @@ class RunLock:
       logging.warning('%s is not locked: run locks work on local and gs:// workdirs; make '
                       'sure no other run uses it', self.workdir)
       return self
-    error = self._acquire() if jax.process_index() == 0 else None
+    error = None
+    if jax.process_index() == 0:
+      try:
+        error = self._acquire()
+      except (OSError, UserError) as e:  # one line, and the other processes learn of it
+        error = str(e) if isinstance(e, UserError) else (
+            f'cannot lock {self.workdir}: {e.strerror or e}')
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
@@ -248,7 +259,11 @@ class RunLock:
 
   def _beat(self) -> None:
     while not self._stop.wait(HEARTBEAT_SECONDS):
-      data, version = self._file.read()
+      try:
+        data, version = self._file.read()
+      except OSError as e:  # a passing storage error: try again at the next beat
+        logging.warning('could not refresh the lock on %s (%s); retrying', self.workdir, e)
+        continue
       current = None if data is None else _parse(data)
       self.holder.heartbeat = time.time()
       if (current is None or current.run_id != self.holder.run_id

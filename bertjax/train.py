@@ -61,7 +61,7 @@ def _train(config, workdir: str, profile: bool) -> dict[str, float]:
       return fns.init_from_params(imported_params)
     if config.init:
       reporting.log(f'starting from the weights of {config.init}')
-      fresh = fns.init(jax.random.key(0))['params']
+      fresh = fns.init(jax.random.key(config.seed))['params']
       return fns.init_from_params(init_weights.initial_params(config.init, fresh, 'pretraining'))
     if teacher and config.distill.init_from_teacher:
       fresh = jax.device_get(fns.init(jax.random.key(config.seed))['params'])

@@ -162,6 +162,7 @@ def test_trained_tokenizer_records_what_it_was_derived_from(tmp_path):
   tok = _tokenizer_for(tmp_path, _data_config(**{'data.tokenizer.vocab_size': 200}))
   record = derived_tokenizer.read_record(str(tmp_path / 'tokenizer'))
   assert record == {'data.corpus': 'embedded', 'data.embedded_documents': 400, 'seed': 0,
+                    'data.eval_fraction': 0.05,
                     'data.tokenizer.kind': 'sentencepiece', 'data.tokenizer.vocab_size': 200,
                     'data.tokenizer.model_type': 'bpe'}
   assert tok.vocab_size == 200

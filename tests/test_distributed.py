@@ -71,7 +71,7 @@ def step_losses(**overrides):
   test_two_processes_match_one_process and the single-device run exercise)."""
   config = local_config(**overrides)
   mesh, rules = sharding.make_mesh(config.mesh), sharding.rules_from_config(config.mesh)
-  fns = steps.build(config, train.model_config(config, config.data.tokenizer.vocab_size),
+  fns = steps.build(config, config_lib.model_config(config, config.data.tokenizer.vocab_size),
                     mesh, rules)
   got = []
   with sharding.activate(mesh, rules):

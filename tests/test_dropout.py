@@ -53,3 +53,12 @@ def test_odd_shapes():
   odd = layers.keep_mask(jax.random.key(1), 0.5, (3, 7))
   assert odd.shape == (3, 7) and odd.dtype == jnp.bool_
   assert layers.keep_mask(jax.random.key(1), 0.5, (5,)).shape == (5,)
+
+
+def test_masks_past_the_counter_limit_do_not_repeat(monkeypatch):
+  """Past 2**32 element pairs the flat counter would wrap; the leading axis then has a
+  hash of its own (shown here with the limit lowered to 64 pairs)."""
+  monkeypatch.setattr(layers, 'COUNTER_LIMIT', 64)
+  mask = np.asarray(layers.keep_mask(jax.random.key(0), 0.5, (64, 256)))
+  assert len({row.tobytes() for row in mask}) == 64
+  assert abs(mask.mean() - 0.5) < 0.02

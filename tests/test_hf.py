@@ -166,12 +166,14 @@ def test_finetuned_workdir_exports_to_its_task_class(trained_workdir, tmp_path):
       out, output_loading_info=True)
   assert_clean_load(info)
   model, tok = bertjax.from_pretrained(workdir)  # its best weights, with its head
-  assert model.kind == 'sequence_classification'
+  assert model.kind == 'sequence_classification' and list(model.label_names) == labels
   batch = tok(TEXTS)
   with torch.no_grad():
     theirs = reference.eval()(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()})
   np.testing.assert_allclose(model(**batch).logits, theirs.logits, atol=ATOL)
   assert 'fine-tuned from' in open(os.path.join(out, 'README.md')).read()
+  again = bertjax.save_pretrained(model, tok, str(tmp_path / 'again'))  # keeps the names
+  assert json.load(open(os.path.join(again, 'config.json')))['id2label'] == saved['id2label']
 
 
 def test_save_pretrained_refuses_a_directory_with_other_files(trained_workdir, tmp_path):

@@ -333,7 +333,7 @@ def test_a_tiny_model_learns_to_answer(tmp_path):
     for both: compiling is most of this test's time)."""
     def loss(state):
       sums = qa.batch_sums(nnx.merge(graphdef, state), batch)
-      return sums['loss_sum'] / qa.batch_count(batch), sums  # as finetune.objective does
+      return sums['loss_sum'] / qa.batch_count(batch), sums  # as steps.finetuning does
     (_, sums), grads = jax.value_and_grad(loss, has_aux=True)(state)
     updates, opt_state = optimizer.update(grads, opt_state, state)
     dev_outputs = qa.predict(nnx.merge(graphdef, state), dev_batch)

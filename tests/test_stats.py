@@ -1,4 +1,5 @@
 """The comparison's statistics on synthetic numbers with known answers."""
+import dataclasses
 import math
 import random
 import statistics
@@ -79,3 +80,14 @@ def test_too_few_pairs_are_not_tested():
   assert result['one'].pairs == 1 and result['one'].difference == pytest.approx(0.1)
   # Every seed exactly +0.1: no spread to test against.
   assert math.isnan(result['flat'].p_value)
+
+
+def test_several_pretraining_seeds_count_one_value_per_pretrained_model():
+  from bertjax.compare import report
+  r = report.VariantResult(
+      name='span', config_path='x', config_hash='h', mlm_accuracy_token=0.1,
+      mlm_accuracy_own=0.1, downstream_metric_name='f1',
+      downstream=[1.0, 3.0, 10.0, 12.0], tokens_per_sec=1.0, wall_seconds=1.0, steps=1,
+      tokens=1, loss_curve=[], pretrain_seeds=2)
+  assert report.units(r) == [2.0, 11.0]  # runs of one pre-trained model are not independent
+  assert report.units(dataclasses.replace(r, pretrain_seeds=1)) == [1.0, 3.0, 10.0, 12.0]

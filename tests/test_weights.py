@@ -103,6 +103,8 @@ def test_malformed_config_json(tmp_path, capsys, text, message):
     (dict(num_hidden_layers=0), 'num_hidden_layers is 0'),
     (dict(num_attention_heads=3), 'not a multiple of num_attention_heads 3'),
     (dict(hidden_dropout_prob='x'), "hidden_dropout_prob is 'x'"),
+    (dict(hidden_dropout_prob=1.0), 'hidden_dropout_prob is 1.0, not a rate in [0, 1)'),
+    (dict(layer_norm_eps=0), 'layer_norm_eps is 0, not a positive number'),
 ])
 def test_bad_config_values(tmp_path, capsys, changes, message):
   src = hf_dir(tmp_path / 'hf')

@@ -121,6 +121,17 @@ def _accuracy(v: float) -> str:
   return '—' if math.isnan(v) else f'{v:.4f}'
 
 
+def units(r) -> list[float]:
+  """The independent values of a variant's downstream metric: one per fine-tuning run
+  of one pre-trained model; with several pre-training seeds, the mean over each
+  model's fine-tuning seeds (runs from one pre-trained model are not independent)."""
+  if r.pretrain_seeds <= 1 or not r.downstream:
+    return list(r.downstream)
+  per = len(r.downstream) // r.pretrain_seeds
+  return [statistics.fmean(r.downstream[i * per:(i + 1) * per])
+          for i in range(r.pretrain_seeds)]
+
+
 def _downstream_cell(values) -> str:
   mean, half = stats.t_interval(values)
   n = len(values)
@@ -132,7 +143,7 @@ def _downstream_cell(values) -> str:
 def comparisons(results) -> dict:
   """{variant: stats.Comparison} of each variant's downstream values against BASELINE's
   (empty without a baseline)."""
-  values = {r.name: list(r.downstream) for r in results}
+  values = {r.name: units(r) for r in results}
   return stats.against_baseline(values, BASELINE) if BASELINE in values else {}
 
 
@@ -152,9 +163,9 @@ def variance_line(results) -> str:
   pre = max((r.pretrain_seeds for r in results if r.downstream), default=1)
   n = max((len(r.downstream) for r in results), default=0)
   if pre > 1:
-    return (f'Intervals: 95% Student t over {n} runs ({pre} pre-training seeds, each '
-            'fine-tuned over the same seeds), so they cover pre-training and fine-tuning '
-            'variance.')
+    return (f'Intervals and paired tests: 95% Student t over {pre} pre-trained models per '
+            f'variant (n = {pre}), each the mean of its fine-tuning seeds ({n} runs in all), '
+            'so they cover pre-training and fine-tuning variance.')
   return (f'Intervals: 95% Student t over up to {n} fine-tuning seeds of one pre-trained '
           'model per variant: they cover fine-tuning variance only, not the variance '
           'between pre-training runs (sweep option `pretrain_seeds`).')
@@ -193,7 +204,7 @@ def _scored_columns(results):
       ('MLM acc (own masking)', lambda r: r.mlm_accuracy_own,
        lambda r: _accuracy(r.mlm_accuracy_own), True),
       (f'{metric} (mean ± 95% CI)', lambda r: downstream_stats(r.downstream)[0],
-       lambda r: _downstream_cell(r.downstream), True),
+       lambda r: _downstream_cell(units(r)), True),
       (f'vs {BASELINE} (Holm p)', None, lambda r: _comparison_cell(r, compared), None),
       ('tokens/s', lambda r: r.tokens_per_sec, lambda r: f'{r.tokens_per_sec:,.0f}', True),
       ('wall time', lambda r: r.wall_seconds, lambda r: format_duration(r.wall_seconds),
@@ -280,7 +291,7 @@ def _csv_text(results) -> str:
         downstream_values=';'.join(repr(float(v)) for v in r.downstream),
         tokens_per_sec=num(r.tokens_per_sec), wall_seconds=num(r.wall_seconds),
         steps=r.steps, tokens=r.tokens, pretrain_loss=num(r.final_loss),
-        downstream_ci95=num(stats.t_interval(r.downstream)[1]), pretrain_seeds=r.pretrain_seeds,
+        downstream_ci95=num(stats.t_interval(units(r))[1]), pretrain_seeds=r.pretrain_seeds,
         vs_baseline_difference=num(c.difference), vs_baseline_p=num(c.p_value),
         vs_baseline_p_holm=num(c.p_holm)))
   return buf.getvalue()
@@ -384,8 +395,8 @@ def _plot_downstream(results, path: str) -> None:
   ax = fig.add_subplot()
   lows, highs = [], []
   for i, r in enumerate(results):
-    mean, half = stats.t_interval(r.downstream)
-    n = len(r.downstream)
+    mean, half = stats.t_interval(units(r))
+    n = len(units(r))
     if n == 0:
       ax.annotate('no runs', (i, 0), xycoords=('data', 'axes fraction'), xytext=(0, 8),
                   textcoords='offset points', ha='center', color='gray')

@@ -123,9 +123,13 @@ def shared_tokenizer(config, workdir: str) -> str:
   if tokenizer_lib.find(directory) is None:
     from bertjax.data import corpus
     data = config.pretrain.data
+    from bertjax.data import splits
+    seed = config.pretrain.seed
     documents = corpus.load_documents(data.corpus, num_embedded=data.embedded_documents,
-                                      seed=config.pretrain.seed, doc_mode=data.doc_mode)
-    pipeline.load_or_train_tokenizer(data, documents, workdir, seed=config.pretrain.seed)
+                                      seed=seed, doc_mode=data.doc_mode)
+    # Trained on the training split only, as each run's own tokenizer would be.
+    train, _ = splits.split_indices(len(documents), data.eval_fraction, seed)
+    pipeline.load_or_train_tokenizer(data, [documents[i] for i in train], workdir, seed=seed)
   return directory
 
 

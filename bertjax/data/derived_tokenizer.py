@@ -30,9 +30,11 @@ _TOKENIZER_FILES = ('spm.model', 'vocab.txt', 'tokenizer_config.json')
 def trained_from(data_cfg, seed: int) -> dict:
   """What a tokenizer trained on `data_cfg.corpus` depends on: the corpus (with the
   settings that shape its documents) and the tokenizer settings."""
-  record = {'data.corpus': data_cfg.corpus}
+  # The seed and eval_fraction pick the training split it is trained on.
+  record = {'data.corpus': data_cfg.corpus, 'data.eval_fraction': data_cfg.eval_fraction,
+            'seed': seed}
   if data_cfg.corpus == 'embedded':
-    record.update({'data.embedded_documents': data_cfg.embedded_documents, 'seed': seed})
+    record['data.embedded_documents'] = data_cfg.embedded_documents
   elif not data_cfg.corpus.startswith('tfds:'):
     record['data.doc_mode'] = data_cfg.doc_mode
   for key in ('kind', 'vocab_size', 'model_type'):

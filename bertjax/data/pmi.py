@@ -139,6 +139,10 @@ def save(path: str, ngrams: list[dict], tok: tokenizer_lib.Tokenizer, *, min_cou
 
 def load(path: str, tok: tokenizer_lib.Tokenizer) -> NgramVocab:
   """The vocabulary in `path`, refused unless it was built with `tok`."""
+  if not path:
+    raise UserError('masking kind pmi needs a PMI vocabulary: build one with `bertjax data pmi '
+                    '--corpus ... --tokenizer DIR --out FILE` and pass '
+                    '--config.data.masking.pmi_vocab=FILE')
   return _load(os.path.abspath(path), prepared.fingerprint(tok))
 
 
@@ -148,16 +152,19 @@ def _load(path: str, fingerprint: str) -> NgramVocab:
   try:
     with open(path, encoding='utf-8') as f:
       record = json.load(f)
-  except FileNotFoundError:
-    raise UserError(f'data.masking.pmi_vocab {path} does not exist; build it with '
-                    '`bertjax data pmi --corpus ... --tokenizer DIR --out FILE`') from None
+  except OSError as e:
+    raise UserError(f'data.masking.pmi_vocab {path} cannot be read ({e.strerror or e}); build '
+                    'it with `bertjax data pmi --corpus ... --tokenizer DIR --out FILE`') from None
   except (json.JSONDecodeError, UnicodeDecodeError):
     raise UserError(f'{path} is not a PMI vocabulary (not JSON); build one with '
                     '`bertjax data pmi`') from None
   if record.get('format') != FORMAT or record.get('version') != VERSION:
     raise UserError(f'{path} is not a PMI vocabulary of this version; build it again with '
                     '`bertjax data pmi`')
-  if record['tokenizer']['fingerprint'] != fingerprint:
+  if not isinstance(record.get('tokenizer'), dict) or 'ngrams' not in record:
+    raise UserError(f'{path} is not a whole PMI vocabulary; build it again with '
+                    '`bertjax data pmi`')
+  if record['tokenizer'].get('fingerprint') != fingerprint:
     raise UserError(f'{path} was built with another tokenizer ({record["tokenizer"]["source"]}, '
                     f'vocab {record["tokenizer"]["vocab_size"]}) than this run uses; build it '
                     'again with `bertjax data pmi --tokenizer` naming this run\'s tokenizer')

@@ -44,6 +44,9 @@ def _mix32(x):
   return x ^ (x >> 15)
 
 
+COUNTER_LIMIT = 2**32
+
+
 def keep_mask(key, rate: float, shape: Sequence[int]):
   """A boolean mask, True with probability 1 - rate (to within 2**-17).
 
@@ -57,10 +60,15 @@ def keep_mask(key, rate: float, shape: Sequence[int]):
   k1, k2 = jax.random.bits(key, (2,), jnp.uint32)
   *lead, last = shape
   pairs = (*lead, -(-last // 2))
+  # A flat uint32 counter would wrap (and masks repeat) past 2**32 pairs, e.g. attention
+  # dropout at LAMB-sized batches: then the leading axis gets a hash of its own.
+  wide = math.prod(pairs) > COUNTER_LIMIT
   counter, stride = jnp.zeros(pairs, jnp.uint32), 1
-  for axis in reversed(range(len(pairs))):
+  for axis in reversed(range(1 if wide else 0, len(pairs))):
     counter = counter + jax.lax.broadcasted_iota(jnp.uint32, pairs, axis) * np.uint32(stride)
     stride *= pairs[axis]
+  if wide:
+    k2 = k2 ^ _mix32(jax.lax.broadcasted_iota(jnp.uint32, pairs, 0) + k1)
   bits = _mix32(_mix32(counter ^ k1) + k2)
   bits = jnp.concatenate([bits & np.uint32(0xFFFF), bits >> 16], axis=-1)[..., :last]
   return bits >= np.uint32(round(rate * 2**16))

@@ -33,7 +33,14 @@ def build_model(model_cfg: BertConfig, seed_key) -> BertForPreTraining:
 def batch_sums(model: BertForPreTraining, batch, rngs: nnx.Rngs | None = None):
   x_BLD, pooled_BD = model.bert(batch['input_ids'], batch['token_type_ids'],
                                 batch['attention_mask'], batch['position_ids'], rngs=rngs)
-  mlm_logits_BPV, nsp_logits_B2 = model.head(x_BLD, pooled_BD, batch['mlm_positions'])
+  return sums_from_outputs(model, batch, x_BLD,
+                           model.head(x_BLD, pooled_BD, batch['mlm_positions']))
+
+
+def sums_from_outputs(model: BertForPreTraining, batch, x_BLD, head_logits):
+  """The sums of `batch_sums` from encoder outputs and (MLM, NSP) logits already
+  computed (distillation computes them once for its own loss too)."""
+  mlm_logits_BPV, nsp_logits_B2 = head_logits
   weights_BP = batch['mlm_weights']
   mlm_xent_BP = optax.softmax_cross_entropy_with_integer_labels(mlm_logits_BPV,
                                                                 batch['mlm_targets'])
