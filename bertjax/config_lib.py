@@ -87,7 +87,21 @@ def load_workdir_config(workdir: str) -> ConfigDict:
   if not path.is_file():
     raise UserError(f'{workdir} has no config.json; is it a bertjax workdir? '
                     '(`bertjax train` or `bertjax import` create one)')
-  return ConfigDict(json.loads(path.read_text())).lock()
+  saved = json.loads(path.read_text())
+  # Keys added since the workdir was written take their defaults, so older workdirs
+  # resume, evaluate and export with today's code.
+  defaults = (finetune_defaults(saved['task']['kind']) if 'task' in saved
+              else pretrain_defaults()).to_dict()
+  return ConfigDict(_overlay(defaults, saved)).lock()
+
+
+def _overlay(defaults: dict, saved: dict) -> dict:
+  """`saved` with the keys it lacks taken from `defaults`, group by group."""
+  merged = dict(defaults)
+  for key, value in saved.items():
+    merged[key] = (_overlay(defaults[key], value)
+                   if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value)
+  return merged
 
 
 def pretrain_defaults(model: str = 'base') -> ConfigDict:

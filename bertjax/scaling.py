@@ -88,7 +88,7 @@ def bert_params(model: str = 'large', vocab_size: int = 30522) -> tuple[tuple[Pa
   import jax
   from flax import nnx
   from bertjax import steps
-  config = config_lib.bert_recipe(model, None)
+  config = config_lib.pretrain_defaults(model)
   model_cfg = config_lib.model_config(config, vocab_size)
   abstract = nnx.eval_shape(lambda: steps.pretraining(model_cfg).build_model(jax.random.key(0)))
   params = []
@@ -374,7 +374,8 @@ def report(top: int = 3) -> str:
            f'heads): {n:,} parameters, {n * F32 / GB:.2f} GB in float32, '
            f'{n * 4 * F32 / GB:.2f} GB with gradients and two optimizer moments; '
            f'{model_cfg.num_layers} layers, width {model_cfg.hidden_size}, '
-           f'{model_cfg.num_heads} heads, vocabulary {model_cfg.vocab_size}.')
+           f'{model_cfg.num_heads} heads, vocabulary {model_cfg.vocab_size} (padded to '
+           f'{model_cfg.padded_vocab_size} rows).')
   out = [INTRO.format(model=model, latency=LATENCY * 1e6, fit=FIT * 100,
                       simpler=(SIMPLER_WITHIN - 1) * 100)]
   for cluster in (H100_CLUSTER, V5P_256):

@@ -18,10 +18,11 @@ TOY = scaling.Cluster(name='toy', devices=4, per_host=2, memory=1e9, peak=1e12, 
 def test_bert_large_parameters_counted_by_hand():
   params, cfg = scaling.bert_params()
   d, f, v, layers = 1024, 4096, 30522, 24
-  embeddings = v * d + 512 * d + 2 * d + 2 * d               # tokens, positions, types, LN
+  padded = 30592  # the vocabulary padded to a multiple of 128: rows the devices hold too
+  embeddings = padded * d + 512 * d + 2 * d + 2 * d           # tokens, positions, types, LN
   layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d  # attention, FFN, 2 LN
-  heads = (d * d + d) + (d * d + d + 2 * d + v) + (2 * d + 2)     # pooler, MLM, NSP
-  assert sum(p.size for p in params) == embeddings + layers * layer + heads == 336_226_108
+  heads = (d * d + d) + (d * d + d + 2 * d + padded) + (2 * d + 2)  # pooler, MLM, NSP
+  assert sum(p.size for p in params) == embeddings + layers * layer + heads == 336_297_858
   assert (cfg.num_layers, cfg.hidden_size, cfg.vocab_size) == (layers, d, v)
   # The default rules put every weight's 'embed' dimension on fsdp; only biases over
   # 'heads', 'mlp' or 'vocab' (on tensor) and the NSP bias have none.
