@@ -123,8 +123,11 @@ def test_vocabulary_file_round_trip_and_foreign_tokenizer(tmp_path):
   with pytest.raises(UserError, match=r'pmi\.json was built with another tokenizer .*'
                                       r'build it again with `bertjax data pmi'):
     pmi.load(path, other)
-  with pytest.raises(UserError, match='does not exist; build it with `bertjax data pmi'):
+  with pytest.raises(UserError, match=r'cannot be read \(No such file or directory\); build it '
+                                      'with `bertjax data pmi'):
     pmi.load(str(tmp_path / 'missing.json'), tok)
+  with pytest.raises(UserError, match='masking kind pmi needs a PMI vocabulary'):
+    pmi.load('', tok)  # kind=pmi with data.masking.pmi_vocab unset
   with pytest.raises(UserError, match='--max_n 6'):
     pmi.build([], tok, min_count=1, size=1, max_n=6)
 
