@@ -42,12 +42,8 @@ def validate_pretrain(c, prefix: str) -> None:
   _model(c, prefix)
   d, t = c.data, c.train
   _at_least(prefix + 'train.steps', t.steps, 1)
-  _at_least(prefix + 'train.batch_size', t.batch_size, 1)
   _at_least(prefix + 'train.eval_batches', t.eval_batches, 1)
-  _at_least(prefix + 'train.eval_every', t.eval_every, 0)
-  _common_train(t, prefix)
-  _optim(c.optim, prefix)
-  _mesh(c, prefix)
+  _common(c, prefix)
   if 'distill' in c:
     _distill(c.distill, prefix, c.init)
   _choice(prefix + 'data.sentence_objective', d.sentence_objective, instances.OBJECTIVES)
@@ -110,12 +106,8 @@ def validate_finetune(c, prefix: str, needs_init: bool = True) -> None:
   if t.steps == 0 and not t.epochs > 0:
     raise UserError(f'{prefix}train.epochs={t.epochs!r} with train.steps=0 trains nothing; '
                     f'pass --config.{prefix}train.epochs=3 (or train.steps=N)')
-  _at_least(prefix + 'train.batch_size', t.batch_size, 1)
   _at_least(prefix + 'train.eval_batch_size', t.eval_batch_size, 1)
-  _at_least(prefix + 'train.eval_every', t.eval_every, 0)
-  _common_train(t, prefix)
-  _optim(c.optim, prefix)
-  _mesh(c, prefix)
+  _common(c, prefix)
   _seq_len(prefix + 'task.seq_len', c.task.seq_len, MIN_TASK_SEQ_LEN, '[CLS] text [SEP]', c,
            prefix)
   dropout = c.task.get('classifier_dropout')
@@ -163,12 +155,18 @@ def _mesh(c, prefix: str) -> None:
   sharding.rules_from_config(c.mesh)
 
 
-def _common_train(t, prefix: str) -> None:
+def _common(c, prefix: str) -> None:
+  """What pre-training and fine-tuning configs share: train loop, optimizer, mesh."""
+  t = c.train
+  _at_least(prefix + 'train.batch_size', t.batch_size, 1)
+  _at_least(prefix + 'train.eval_every', t.eval_every, 0)
   _at_least(prefix + 'train.log_every', t.log_every, 1)
   _at_least(prefix + 'train.checkpoint_every', t.checkpoint_every, 1)
   _at_least(prefix + 'train.keep_checkpoints', t.keep_checkpoints, 1,
             'a run that keeps no checkpoint cannot be resumed or exported')
   _at_least(prefix + 'train.grad_accum_steps', t.grad_accum_steps, 1)
+  _optim(c.optim, prefix)
+  _mesh(c, prefix)
 
 
 def _optim(o, prefix: str) -> None:
