@@ -285,6 +285,23 @@ def test_task_files_on_gcs_read_as_the_same_files_locally(root, tmp_path, kind):
     assert ours.label_names == theirs.label_names
 
 
+def test_a_pmi_vocabulary_is_built_from_a_gcs_corpus_into_gcs_and_read_back(root, tmp_path):
+  from bertjax.cli import main  # pylint: disable=import-outside-toplevel
+  from bertjax.data import embedded, pmi  # pylint: disable=import-outside-toplevel
+  from bertjax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  documents = embedded.embedded_documents(200, seed=3)
+  storage.as_path(f'{root}/corpus/a.txt').write_text('\n\n'.join('\n'.join(d)
+                                                                   for d in documents))
+  tok = tokenizer_lib.train_sentencepiece((s for d in documents for s in d),
+                                          str(tmp_path / 'tok' / 'spm.model'), vocab_size=150)
+  vocab = f'{root}/pmi/vocab.json'
+  assert main(['data', 'pmi', '--corpus', f'{root}/corpus/*.txt', '--tokenizer',
+               str(tmp_path / 'tok'), '--out', vocab, '--min_count', '3']) == 0
+  record = json.loads(storage.as_path(vocab).read_text())
+  assert record['corpus'] == f'{root}/corpus/*.txt' and record['ngrams']
+  assert len(pmi.load(vocab, tok).ngrams) == len(record['ngrams'])
+
+
 def test_jsonl_log_writes_segments_on_gcs_and_reads_them_in_order(root):
   records = [{'step': i, 'loss': 1.0 / (i + 1)} for i in range(10)]
   with jsonl_log.JsonlLog(root, flush_secs=3600, max_segment_bytes=100) as log:
