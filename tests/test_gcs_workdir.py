@@ -267,6 +267,10 @@ def test_a_cut_off_upload_is_no_prepared_corpus_and_a_rerun_replaces_it(root, tm
     prepare.prepare(str(text), os.fspath(other), str(tmp_path / 'tok'))
   assert [p.name for p in other.iterdir()] == ['notes.txt']
 
+  bucket = f'no-such-{uuid.uuid4().hex[:8]}'
+  with pytest.raises(UserError, match=f'bucket gs://{bucket} does not exist'):
+    prepare.prepare(str(text), f'gs://{bucket}/prepared', str(tmp_path / 'tok'))
+
 
 def test_embedded_tasks_for_a_gcs_workdir_are_written_where_the_readers_can_open_them(
     root, tmp_path, monkeypatch):

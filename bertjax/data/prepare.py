@@ -95,6 +95,8 @@ def prepare(corpus: str, out_dir: str, tokenizer_dir: str, *, doc_mode: str = 'b
   in a temporary directory and uploaded when `out_dir` is a URL (see `_upload`).
   """
   out = storage.as_path(out_dir)
+  if storage.is_url(out_dir):  # a wrong bucket or missing credentials: one line, now
+    storage.check_writable(out_dir)
   if (out.exists() and not prepared.is_prepared(out_dir) and not (out / UPLOADING).exists()
       and (not out.is_dir() or any(out.iterdir()))):
     raise UserError(f'{out_dir} exists and is not a prepared corpus; choose a new --out')
