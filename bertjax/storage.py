@@ -6,16 +6,20 @@ gs:// through fsspec/gcsfs (or tf.io.gfile where TensorFlow is installed); orbax
 writes array data through tensorstore, which reads the same credentials.
 
 The few things that differ on object storage live here: a write is atomic per object
-(`write_atomic`), a directory is moved object by object (`move`), files some readers open only from local disk are staged
-(`local_copy`), and a command checks first that it can write where it was told,
+(`write_atomic`), a directory is moved object by object (`move`), a directory built
+on local disk is uploaded with the file that marks it whole last (`upload_tree`),
+files some readers open only from local disk are staged (`local_copy`), globs match
+URLs too (`glob`), and a command checks first that it can write where it was told,
 ending with one line on how to fix it (`check_writable`).
 """
 from __future__ import annotations
 
+import glob as glob_lib
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import urllib.parse
@@ -35,6 +39,7 @@ else:
   fsspec.config.conf.setdefault('gcs', {}).setdefault('use_listings_cache', False)
 
 _GCS_ENDPOINT = 'https://storage.googleapis.com'
+_WILDCARD = re.compile(r'[*?[]')
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -88,6 +93,46 @@ def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     return
   os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
   shutil.move(src, dst)
+
+
+def glob(pattern: str | os.PathLike) -> list[str]:
+  """The paths matching `pattern`, sorted: a local glob (`~` expanded), or a URL whose
+  wildcards start after the bucket (`gs://bucket/corpus/*.txt`).
+
+  epath globs a URL from a base directory, so the pattern is split at its first
+  component with a wildcard; a URL without wildcards matches itself if it exists.
+  """
+  pattern = os.fspath(pattern)
+  if not is_url(pattern):
+    return sorted(glob_lib.glob(os.path.expanduser(pattern)))
+  scheme, rest = pattern.split('://', 1)
+  parts = rest.split('/')
+  first = next((i for i, part in enumerate(parts) if _WILDCARD.search(part)), None)
+  if first is None:
+    return [pattern] if as_path(pattern).exists() else []
+  if first == 0 or any('**' in part for part in parts):
+    raise UserError(f'{pattern}: a URL glob takes wildcards after the bucket, one directory '
+                    'level each (no "**"), e.g. gs://bucket/corpus/*.txt')
+  base = as_path(f'{scheme}://' + '/'.join(parts[:first]))
+  return sorted(os.fspath(p) for p in base.glob('/'.join(parts[first:])))
+
+
+def upload_tree(local_dir: str | os.PathLike, dst: str | os.PathLike,
+                last: tuple[str, ...] = ()) -> None:
+  """Copies the files under `local_dir` to `dst` (local or a URL), those named in
+  `last` (paths relative to `local_dir`) after all others.
+
+  Object storage has no atomic rename of a directory: a reader that takes a
+  directory as whole once its marker file (a manifest) exists must see that file
+  only after everything it lists, so a cut-off upload is never taken as whole.
+  """
+  local_dir, root = os.fspath(local_dir), as_path(dst)
+  files = sorted(os.path.relpath(os.path.join(d, f), local_dir)
+                 for d, _, names in os.walk(local_dir) for f in names)
+  for rel in [f for f in files if f not in last] + [f for f in last if f in files]:
+    target = root / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(os.path.join(local_dir, rel)).copy(target, overwrite=True)
 
 
 def default_cache_dir() -> str:

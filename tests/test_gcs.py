@@ -220,6 +220,88 @@ def test_local_copy_stages_directories(root, tmp_path):
     storage.local_copy(f'{root}/missing', cache_dir=str(tmp_path))
 
 
+def test_glob_matches_urls_as_locally(root, tmp_path):
+  for base in (root, str(tmp_path)):
+    for name in ('corpus/a.txt', 'corpus/b.txt', 'corpus/c.md', 'more/x/d.txt'):
+      path = storage.as_path(f'{base}/{name}')
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(name)
+    assert storage.glob(f'{base}/corpus/*.txt') == [f'{base}/corpus/a.txt',
+                                                    f'{base}/corpus/b.txt']
+    assert storage.glob(f'{base}/*/?/d.txt') == [f'{base}/more/x/d.txt']
+    assert storage.glob(f'{base}/corpus/c.md') == [f'{base}/corpus/c.md']
+    assert storage.glob(f'{base}/corpus/*.json') == storage.glob(f'{base}/nothing.txt') == []
+  with pytest.raises(UserError, match='wildcards after the bucket'):
+    storage.glob(f'{root}/**/*.txt')
+
+
+def test_a_text_corpus_on_gcs_reads_as_the_same_files_locally(root, tmp_path):
+  from bertjax.data import corpus, embedded  # pylint: disable=import-outside-toplevel
+  documents = embedded.embedded_documents(40, seed=2)
+  for base in (root, str(tmp_path)):
+    for name, part in (('a.txt', documents[:25]), ('b.txt', documents[25:])):
+      path = storage.as_path(f'{base}/corpus/{name}')
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text('\r\n\r\n'.join('\r\n'.join(d) for d in part))  # Windows line ends
+  ours = corpus.load_documents(f'{root}/corpus/*.txt', num_embedded=0, seed=0)
+  assert ours == corpus.load_documents(f'{tmp_path}/corpus/*.txt', num_embedded=0, seed=0)
+  assert ours == documents
+  assert corpus.load_documents(f'{root}/corpus/a.txt', num_embedded=0, seed=0,
+                               doc_mode='file') == [[s for d in documents[:25] for s in d]]
+  with pytest.raises(UserError, match=r'is a directory .* e\.g\. .*corpus/\*\.txt'):
+    corpus.load_documents(f'{root}/corpus', num_embedded=0, seed=0)
+  with pytest.raises(UserError, match='matches no file'):
+    corpus.load_documents(f'{root}/corpus/*.text', num_embedded=0, seed=0)
+  storage.as_path(f'{root}/corpus/latin1.txt').write_bytes('caf\xe9'.encode('latin-1'))
+  with pytest.raises(UserError, match=r'latin1\.txt is not UTF-8 text'):
+    corpus.load_documents(f'{root}/corpus/latin1.txt', num_embedded=0, seed=0)
+
+
+@pytest.mark.parametrize('kind', ['classify', 'tag', 'qa'])
+def test_task_files_on_gcs_read_as_the_same_files_locally(root, tmp_path, kind):
+  """TSV (a glob too), CoNLL and SQuAD JSON task files on gs://: the task reads the
+  same rows from them as from local copies."""
+  from bertjax.data import embedded, embedded_tasks  # pylint: disable=import-outside-toplevel
+  from bertjax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from bertjax.tasks import registry  # pylint: disable=import-outside-toplevel
+  tok = tokenizer_lib.train_sentencepiece(
+      (s for d in embedded.embedded_documents(100, seed=0) for s in d),
+      str(tmp_path / 'spm.model'), vocab_size=150)
+  task = registry.task_module(kind)
+  splits = {}
+  for base in (f'{root}/{kind}', str(tmp_path / kind)):
+    cfg = task.task_config()
+    storage.as_path(base).mkdir(parents=True, exist_ok=True)
+    train, dev = embedded_tasks.WRITERS[kind](base, train_rows=60, eval_rows=5, seed=4)
+    cfg.train, cfg.eval = (train.replace('train.tsv', 'tr*.tsv') if kind == 'classify'
+                           else train), dev
+    first = task.load_split(cfg, 'train', tok, 96)
+    splits[base] = (first, task.load_split(cfg, 'eval', tok, 96, first.label_names))
+  (ours_train, ours_eval), (theirs_train, theirs_eval) = splits.values()
+  for ours, theirs in ((ours_train, theirs_train), (ours_eval, theirs_eval)):
+    assert ours.features.keys() == theirs.features.keys() and len(ours.features)
+    for name, value in theirs.features.items():
+      np.testing.assert_array_equal(ours.features[name], value, err_msg=name)
+    assert ours.label_names == theirs.label_names
+
+
+def test_a_pmi_vocabulary_is_built_from_a_gcs_corpus_into_gcs_and_read_back(root, tmp_path):
+  from bertjax.cli import main  # pylint: disable=import-outside-toplevel
+  from bertjax.data import embedded, pmi  # pylint: disable=import-outside-toplevel
+  from bertjax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  documents = embedded.embedded_documents(200, seed=3)
+  storage.as_path(f'{root}/corpus/a.txt').write_text('\n\n'.join('\n'.join(d)
+                                                                   for d in documents))
+  tok = tokenizer_lib.train_sentencepiece((s for d in documents for s in d),
+                                          str(tmp_path / 'tok' / 'spm.model'), vocab_size=150)
+  vocab = f'{root}/pmi/vocab.json'
+  assert main(['data', 'pmi', '--corpus', f'{root}/corpus/*.txt', '--tokenizer',
+               str(tmp_path / 'tok'), '--out', vocab, '--min_count', '3']) == 0
+  record = json.loads(storage.as_path(vocab).read_text())
+  assert record['corpus'] == f'{root}/corpus/*.txt' and record['ngrams']
+  assert len(pmi.load(vocab, tok).ngrams) == len(record['ngrams'])
+
+
 def test_jsonl_log_writes_segments_on_gcs_and_reads_them_in_order(root):
   records = [{'step': i, 'loss': 1.0 / (i + 1)} for i in range(10)]
   with jsonl_log.JsonlLog(root, flush_secs=3600, max_segment_bytes=100) as log:

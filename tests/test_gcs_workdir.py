@@ -1,8 +1,9 @@
 """A `gs://` workdir end to end against the GCS emulator (see gcs_emulator.py):
 `bertjax train` killed with SIGKILL after its first checkpoint and resumed bitwise,
 `bertjax export` to gs://, `from_pretrained` of that export; the run lock on gs://;
-the one-line refusals of a missing bucket and an unreachable endpoint; the staged
-readers (prepared corpora, embedded tasks)."""
+the one-line refusals of a missing bucket and an unreachable endpoint; `bertjax data
+prepare --out gs://` (manifest last, a cut-off upload replaced) and the staged readers
+(prepared corpora, embedded tasks)."""
 from __future__ import annotations
 
 # First: it keeps google-auth off the GCE metadata server, which it reads on import.
@@ -22,7 +23,7 @@ from etils import epath
 
 import bertjax
 from bertjax import jsonl_log, run_lock, weights
-from bertjax.data import embedded_tasks, prepared
+from bertjax.data import embedded_tasks, prepare, prepared
 from bertjax.errors import UserError
 
 from conftest import ROOT
@@ -182,27 +183,93 @@ def test_an_unreachable_endpoint_is_one_line_and_exit_2(gcs_bucket):  # noqa: F8
                          f'127.0.0.1:{port} (set by STORAGE_EMULATOR_HOST)') and '\n' not in line
 
 
-def test_a_prepared_corpus_on_gcs_is_staged_and_read(root, tmp_path):
+def _spy_uploads(monkeypatch, fail_on: str | None = None) -> list[str]:
+  """The destinations storage.upload_tree copies to, in order; copying to a file named
+  `fail_on` raises instead, as a process killed mid-upload stops."""
+  copied = []
+  path_class = type(epath.Path('/'))
+  real_copy = path_class.copy
+
+  def copy(self, dst, overwrite=False):
+    if fail_on and os.path.basename(os.fspath(dst)) == fail_on:
+      raise KeyboardInterrupt('cut off')
+    copied.append(os.fspath(dst))
+    return real_copy(self, dst, overwrite=overwrite)
+
+  monkeypatch.setattr(path_class, 'copy', copy)
+  return copied
+
+
+def test_data_prepare_writes_to_gcs_manifest_last_and_the_corpus_is_staged_and_read(
+    root, tmp_path, monkeypatch):
   from bertjax.cli import main  # pylint: disable=import-outside-toplevel
   from bertjax.data import corpus  # pylint: disable=import-outside-toplevel
-  text = tmp_path / 'corpus.txt'
-  text.write_text('\n\n'.join(' '.join(d) for d in corpus.embedded_documents(60, seed=1)))
-  local = str(tmp_path / 'prepared')
-  assert main(['data', 'tokenizer', '--corpus', str(text), '--out', str(tmp_path / 'tok'),
+  text = '\n\n'.join(' '.join(d) for d in corpus.embedded_documents(60, seed=1))
+  (tmp_path / 'corpus.txt').write_text(text)
+  epath.Path(f'{root}/corpus/part-0.txt').write_text(text)
+  tok = f'{root}/tok'
+  assert main(['data', 'tokenizer', '--corpus', f'{root}/corpus/*.txt', '--out', tok,
                '--vocab_size', '200']) == 0
-  assert main(['data', 'prepare', '--corpus', str(text), '--tokenizer', str(tmp_path / 'tok'),
-               '--out', local]) == 0
-  remote = epath.Path(f'{root}/prepared')
-  for directory, _, files in os.walk(local):
-    for name in files:
-      path = os.path.join(directory, name)
-      (remote / os.path.relpath(path, local)).write_bytes(open(path, 'rb').read())
-  assert prepared.is_prepared(os.fspath(remote))
-  tok = prepared.prepared_tokenizer(os.fspath(remote))
-  ours = prepared.load_prepared(os.fspath(remote), 'train', tok)
-  theirs = prepared.load_prepared(local, 'train')
-  assert len(ours) == len(theirs) > 0
-  assert all(np.array_equal(a, b) for x, y in zip(ours, theirs) for a, b in zip(x, y))
+  flags = ['--tokenizer', tok, '--eval_fraction', '0.2', '--seq_len', '32']
+  local = str(tmp_path / 'prepared')
+  assert main(['data', 'prepare', '--corpus', str(tmp_path / 'corpus.txt'), '--out', local,
+               *flags]) == 0
+
+  remote = f'{root}/prepared'
+  uploads = _spy_uploads(monkeypatch)
+  assert main(['data', 'prepare', '--corpus', f'{root}/corpus/*.txt', '--out', remote,
+               *flags]) == 0
+  assert len(uploads) > 4 and uploads[-1] == f'{remote}/{prepared.MANIFEST}'
+  assert not (epath.Path(remote) / prepare.UPLOADING).exists()
+  assert prepared.read_manifest(remote)['corpus'] == f'{root}/corpus/*.txt'
+
+  tok_lib = prepared.prepared_tokenizer(remote)
+  for split in ('train', 'eval'):
+    ours = prepared.load_prepared(remote, split, tok_lib)
+    theirs = prepared.load_prepared(local, split)
+    assert len(ours) == len(theirs) > 0
+    assert all(np.array_equal(a, b) for x, y in zip(ours, theirs) for a, b in zip(x, y))
+  settings = prepared.read_manifest(local)['instances']['settings']
+  ours, theirs = prepared.stored_instances(remote, settings), prepared.stored_instances(
+      local, settings)
+  assert len(ours[0]) == len(theirs[0]) > 0 and ours[2] == theirs[2]
+
+
+def test_a_cut_off_upload_is_no_prepared_corpus_and_a_rerun_replaces_it(root, tmp_path,
+                                                                        monkeypatch):
+  from bertjax.data import corpus, tokenizer  # pylint: disable=import-outside-toplevel
+  text = tmp_path / 'corpus.txt'
+  text.write_text('\n\n'.join(' '.join(d) for d in corpus.embedded_documents(40, seed=2)))
+  tokenizer.train_sentencepiece((line for line in text.read_text().splitlines()),
+                                str(tmp_path / 'tok' / 'spm.model'), vocab_size=150)
+  remote = f'{root}/prepared'
+  first = prepare.prepare(str(text), remote, str(tmp_path / 'tok'))
+
+  with monkeypatch.context() as m:  # the rerun is killed before its manifest is uploaded
+    _spy_uploads(m, fail_on=prepared.MANIFEST)
+    with pytest.raises(KeyboardInterrupt):
+      prepare.prepare(str(text), remote, str(tmp_path / 'tok'), eval_fraction=0.5)
+  assert not prepared.is_prepared(remote)  # the earlier manifest went first
+  assert (epath.Path(remote) / prepare.UPLOADING).exists()
+  with pytest.raises(UserError, match='is not a prepared corpus'):
+    prepared.load_prepared(remote)
+
+  again = prepare.prepare(str(text), remote, str(tmp_path / 'tok'), eval_fraction=0.5)
+  assert prepared.read_manifest(remote) == again
+  assert again['splits']['train']['documents'] < first['splits']['train']['documents']
+  assert len(prepared.load_prepared(remote, 'eval')) == again['splits']['eval']['documents']
+  assert not (epath.Path(remote) / prepare.UPLOADING).exists()
+
+  other = epath.Path(f'{root}/other')
+  other.mkdir(parents=True, exist_ok=True)
+  (other / 'notes.txt').write_text('mine')
+  with pytest.raises(UserError, match='exists and is not a prepared corpus'):
+    prepare.prepare(str(text), os.fspath(other), str(tmp_path / 'tok'))
+  assert [p.name for p in other.iterdir()] == ['notes.txt']
+
+  bucket = f'no-such-{uuid.uuid4().hex[:8]}'
+  with pytest.raises(UserError, match=f'bucket gs://{bucket} does not exist'):
+    prepare.prepare(str(text), f'gs://{bucket}/prepared', str(tmp_path / 'tok'))
 
 
 def test_embedded_tasks_for_a_gcs_workdir_are_written_where_the_readers_can_open_them(

@@ -22,6 +22,7 @@ import json
 import math
 import os
 
+from bertjax import storage
 from bertjax.data import prepared, tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 
@@ -131,10 +132,8 @@ def save(path: str, ngrams: list[dict], tok: tokenizer_lib.Tokenizer, *, min_cou
                 tokenizer=dict(fingerprint=prepared.fingerprint(tok), vocab_size=tok.vocab_size,
                                source=str(tok.path)),
                 corpus=corpus, min_count=min_count, max_n=max_n, ngrams=ngrams)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(record, f, ensure_ascii=False, indent=0)
-  os.replace(path + '.tmp', path)
+  storage.as_path(path).parent.mkdir(parents=True, exist_ok=True)  # local or gs://
+  storage.write_atomic(path, json.dumps(record, ensure_ascii=False, indent=0))
 
 
 def load(path: str, tok: tokenizer_lib.Tokenizer) -> NgramVocab:
@@ -143,15 +142,14 @@ def load(path: str, tok: tokenizer_lib.Tokenizer) -> NgramVocab:
     raise UserError('masking kind pmi needs a PMI vocabulary: build one with `bertjax data pmi '
                     '--corpus ... --tokenizer DIR --out FILE` and pass '
                     '--config.data.masking.pmi_vocab=FILE')
-  return _load(os.path.abspath(path), prepared.fingerprint(tok))
+  return _load(os.fspath(storage.as_path(path)), prepared.fingerprint(tok))
 
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str, fingerprint: str) -> NgramVocab:
   # Cached: the pipeline asks for it every batch (and the file never changes under a run).
   try:
-    with open(path, encoding='utf-8') as f:
-      record = json.load(f)
+    record = json.loads(storage.as_path(path).read_text(encoding='utf-8'))
   except OSError as e:
     raise UserError(f'data.masking.pmi_vocab {path} cannot be read ({e.strerror or e}); build '
                     'it with `bertjax data pmi --corpus ... --tokenizer DIR --out FILE`') from None

@@ -12,11 +12,14 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 
 import numpy as np
 import tqdm
 from array_record.python import array_record_module
+from etils import epath
 
+from bertjax import storage
 from bertjax.data import corpus as corpus_lib, instance_store, instances, prepared
 from bertjax.data.splits import split_indices
 from bertjax.data import tokenizer as tokenizer_lib
@@ -24,6 +27,8 @@ from bertjax.errors import UserError
 
 DOCS_PER_SHARD = 65536
 _WRITER_OPTIONS = 'group_size:1'
+# Present while an upload to a URL is under way, or after one was cut off.
+UPLOADING = 'prepare.uploading'
 
 
 def encode_record(sentences: list[list[int]]) -> bytes:
@@ -83,18 +88,28 @@ def prepare(corpus: str, out_dir: str, tokenizer_dir: str, *, doc_mode: str = 'b
 
   With `eval_fraction`, the documents the pipeline's rule holds out
   (`splits.split_indices`) go to split 'eval' and the rest to 'train', each in corpus
-  order. The directory appears complete or not at all; an earlier prepared directory
-  there is replaced, other files are not.
+  order. An earlier prepared directory at `out_dir` is replaced, other files are not.
+
+  The directory is built on local disk (array_record writes only local files): beside
+  `out_dir` and renamed into place when local, so it appears complete or not at all;
+  in a temporary directory and uploaded when `out_dir` is a URL (see `_upload`).
   """
-  if os.path.exists(out_dir) and os.listdir(out_dir) and not prepared.is_prepared(out_dir):
+  out = storage.as_path(out_dir)
+  if storage.is_url(out_dir):  # a wrong bucket or missing credentials: one line, now
+    storage.check_writable(out_dir)
+  if (out.exists() and not prepared.is_prepared(out_dir) and not (out / UPLOADING).exists()
+      and (not out.is_dir() or any(out.iterdir()))):
     raise UserError(f'{out_dir} exists and is not a prepared corpus; choose a new --out')
   tok = tokenizer_lib.load(tokenizer_dir)
   documents = corpus_lib.load_documents(corpus, num_embedded=num_embedded, seed=seed,
                                         doc_mode=doc_mode)
   held_out = set(split_indices(len(documents), eval_fraction, seed)[1] if eval_fraction else ())
-  tmp = os.path.abspath(out_dir).rstrip(os.sep) + '.partial'
-  shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
-  os.makedirs(tmp)
+  if storage.is_url(out_dir):
+    tmp = tempfile.mkdtemp(prefix='bertjax-prepare-')
+  else:
+    tmp = os.fspath(out).rstrip(os.sep) + '.partial'
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+    os.makedirs(tmp)
   try:
     writers = {'train': _ShardWriter(tmp, 'train')}
     if held_out:
@@ -116,18 +131,42 @@ def prepare(corpus: str, out_dir: str, tokenizer_dir: str, *, doc_mode: str = 'b
         record='little-endian int32: [num_sentences, len_1..len_S, ids of sentence 1..S]',
         corpus=corpus, doc_mode=doc_mode, seed=seed, eval_fraction=eval_fraction,
         tokenizer=dict(kind=type(tok).__name__, fingerprint=prepared.fingerprint(tok),
-                       vocab_size=tok.vocab_size, source=os.path.abspath(tokenizer_dir)),
+                       vocab_size=tok.vocab_size,
+                       source=os.fspath(storage.as_path(tokenizer_dir))),
         splits=counts)
     if instance_settings:
       manifest['instances'] = _write_instances(tokenized, tok, instance_settings, seed, tmp)
     with open(os.path.join(tmp, prepared.MANIFEST), 'w', encoding='utf-8') as f:
       json.dump(manifest, f, indent=2)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    if storage.is_url(out_dir):
+      _upload(tmp, out)
+    else:
+      if os.path.exists(out):
+        shutil.rmtree(out)
+      os.replace(tmp, out)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return manifest
+
+
+def _upload(local_dir: str, out: epath.Path) -> None:
+  """Puts the prepared directory `local_dir` at the URL `out`, which object storage
+  cannot do in one rename: UPLOADING is written first and removed last, so a rerun
+  after a cut-off upload may replace what it left; an earlier prepared corpus there
+  loses its manifest before anything else, and the new manifest is uploaded last, so
+  readers never take a mix of the two, or a part, as a prepared corpus."""
+  (out / UPLOADING).write_text('bertjax data prepare is uploading here; a rerun replaces it\n')
+  if (out / prepared.MANIFEST).exists():
+    (out / prepared.MANIFEST).unlink()
+  for old in out.iterdir():
+    if old.name == UPLOADING:
+      continue
+    if old.is_dir():
+      old.rmtree()
+    else:
+      old.unlink()
+  storage.upload_tree(local_dir, out, last=(prepared.MANIFEST,))
+  (out / UPLOADING).unlink()
 
 
 def _write_instances(tokenized, tok, settings: instances.InstanceSettings, seed: int,

@@ -1,4 +1,7 @@
-"""Local UTF-8 text files as documents, each a list of sentences.
+"""UTF-8 text files as documents, each a list of sentences.
+
+Files and globs may be local or URLs (`gs://bucket/corpus/*.txt`): both are matched
+and read through epath (bertjax.storage).
 
 `doc_mode` says what one document is: a file, a blank-line separated block, or a
 line; sentences are lines, split again after terminal punctuation. Errors (no
@@ -6,11 +9,11 @@ match, a directory, bytes that are not UTF-8, no text) are one line each.
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
 from typing import Iterator
 
+from bertjax import storage
 from bertjax.errors import UserError
 
 _SENTENCE_END = re.compile(r'(?<=[.!?])\s+')
@@ -24,8 +27,8 @@ def split_sentences(text: str) -> list[str]:
 
 
 def text_paths(pattern: str) -> list[str]:
-  paths = sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
-  if not paths and os.path.isdir(os.path.expanduser(pattern)):
+  paths = [p for p in storage.glob(pattern) if storage.as_path(p).is_file()]
+  if not paths and storage.as_path(pattern).is_dir():
     glob_hint = os.path.join(pattern, '*.txt')
     raise UserError(f'corpus {pattern!r} is a directory but not one `bertjax data prepare` '
                     f'wrote; for its text files use a glob, e.g. {glob_hint!r}')
@@ -38,8 +41,7 @@ def text_paths(pattern: str) -> list[str]:
 
 def read_text(path: str) -> str:
   try:
-    with open(path, encoding='utf-8') as f:
-      return f.read()
+    return storage.as_path(path).read_text(encoding='utf-8')
   except UnicodeDecodeError as e:
     raise UserError(f'{path} is not UTF-8 text (byte {e.start}); convert it, e.g. '
                     f'iconv -f latin1 -t utf-8') from None

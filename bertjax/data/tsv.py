@@ -2,20 +2,20 @@
 
 Columns are header names, or 0-based indices (ints) when the files have no header.
 Quotes are literal text (GLUE's TSVs quote freely), so no csv quoting is applied.
+Paths and globs may be local or URLs (`gs://...`), read through epath.
 """
 from __future__ import annotations
 
 import csv
-import glob
-import os
 from typing import Iterator
 
+from bertjax import storage
 from bertjax.data.text_files import read_text
 from bertjax.errors import UserError
 
 
 def paths(pattern: str, what: str = 'TSV') -> list[str]:
-  found = sorted(glob.glob(os.path.expanduser(pattern)))
+  found = storage.glob(pattern)
   if not found:
     raise UserError(f'{what} {pattern!r} matches no file; check the path')
   return found

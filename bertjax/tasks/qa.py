@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from bertjax import storage
 from bertjax.data import tfds_source
 from bertjax.errors import UserError
 from bertjax.tasks import common
@@ -140,10 +141,9 @@ def _field(d, key: str, where: str):
 def _json_records(path: str) -> Iterator[tuple]:
   """(where, id, question, context, [(text, answer_start)], is_impossible) per question."""
   try:
-    with open(path, encoding='utf-8') as f:
-      data = json.load(f)
+    data = json.loads(storage.as_path(path).read_text(encoding='utf-8'))  # local or gs://
   except OSError as e:
-    raise UserError(f'cannot read {path} ({e.strerror}); give a SQuAD JSON file or a '
+    raise UserError(f'cannot read {path} ({e.strerror or e}); give a SQuAD JSON file or a '
                     'tfds spec such as tfds:squad/v1.1:train') from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(f'{path} is not UTF-8 JSON ({e}); give a SQuAD JSON file') from None

@@ -16,13 +16,13 @@ its type and span both match.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from bertjax import storage
 from bertjax.errors import UserError
 from bertjax.tasks import common
 
@@ -63,7 +63,7 @@ class WordMap:
 
 def _read_conll(path: str) -> list[_Sentence]:
   from bertjax.data import text_files
-  if not os.path.isfile(path):
+  if not storage.as_path(path).is_file():  # local or a URL (gs://)
     raise UserError(f'tagging data {path!r} not found; point config.task.train/eval at a '
                     'CoNLL file or a tfds spec such as tfds:conll2003:train')
   sentences, current = [], _Sentence([], [], [])
