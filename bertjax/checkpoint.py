@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 
 import grain
 import jax
@@ -31,18 +32,51 @@ from bertjax import hf_weights, storage
 from bertjax.errors import UserError
 
 
-class _NoOrbaxTracebacks(logging.Filter):
-  """orbax logs a failed background save from each of its threads with a traceback
-  (hundreds of lines for one full disk); bertjax reports the failure itself in one line
-  (`wait`), so orbax's messages stay and their tracebacks go."""
+# A failed save (full disk, I/O error) reaches bertjax as an exception from `save` or
+# `wait`, reported there in one line. Before that, orbax and tensorstore print the same
+# failure from their background threads: the two filters below drop exactly those copies.
+
+# (orbax file, function) of the records logging a background failure that orbax keeps
+# and re-raises from `wait_until_finished`: a thread of the save, the commit thread, and
+# the wait itself.
+_RERAISED_BY_ORBAX = {('future.py', 'run'), ('async_checkpointer.py', '_thread_func'),
+                      ('checkpoint_manager.py', 'wait_until_finished')}
+
+
+class _NoOrbaxCopiesOfRaisedErrors(logging.Filter):
+  """Drops orbax's log records of a failure it re-raises to bertjax; strips the
+  traceback from any other orbax record (hundreds of lines for one I/O error)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.exc_info and f'{os.sep}orbax{os.sep}' in record.pathname:
-      record.exc_info = record.exc_text = None
+    if not (record.exc_info and f'{os.sep}orbax{os.sep}' in record.pathname):
+      return True
+    if (os.path.basename(record.pathname), record.funcName) in _RERAISED_BY_ORBAX:
+      return False
+    record.exc_info = record.exc_text = None
     return True
 
 
-logging.getLogger('absl').addFilter(_NoOrbaxTracebacks())
+logging.getLogger('absl').addFilter(_NoOrbaxCopiesOfRaisedErrors())
+
+
+def _closed_loop_callbacks_ignored(previous_hook):
+  """orbax runs each save's writes on an event loop that it closes as soon as one write
+  fails, while tensorstore's other writes are still in flight; as each of them ends,
+  tensorstore's callback into the closed loop raises 'Event loop is closed' and prints it
+  as unraisable (one traceback per array). Those are dropped; any other unraisable
+  exception goes to the previous hook."""
+  def hook(unraisable):
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next
+    if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'
+        and tb is not None and tb.tb_frame.f_code.co_name == '_check_closed'):
+      return
+    previous_hook(unraisable)
+  return hook
+
+
+sys.unraisablehook = _closed_loop_callbacks_ignored(sys.unraisablehook)
 
 
 def manager(workdir: str, *, keep: int, subdir: str = 'checkpoints') -> ocp.CheckpointManager:

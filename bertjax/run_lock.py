@@ -9,14 +9,17 @@ or whose process is gone from this same host, is stale and taken over with a mes
 `bertjax unlock --workdir W` breaks a lock deliberately.
 
 Where the lock lives decides how it is made atomic. A local (or network) file is
-created with O_CREAT|O_EXCL and replaced by rename. A `gs://` object is created with
+linked into place (fails if one exists) and rewritten by rename; a stale one is taken
+over by one run alone (`_LocalLockFile.remove`). A `gs://` object is created with
 the precondition "no generation yet" (ifGenerationMatch=0) and rewritten or deleted
 only if its generation is still the one read, so of two runs creating or taking over
 the lock exactly one wins, and a heartbeat never overwrites a lock another run took.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -35,6 +38,7 @@ from bertjax.errors import UserError
 
 HEARTBEAT_SECONDS = 30.0
 EXPIRES_SECONDS = 300.0
+CLAIM_EXPIRES_SECONDS = 60.0  # see _LocalLockFile._drop_if_abandoned
 
 
 @dataclasses.dataclass
@@ -74,7 +78,9 @@ def _process_alive(pid: int) -> bool:
 
 
 class _LocalLockFile:
-  """The lock as a local file. `read` gives (content, None): rename needs no version."""
+  """The lock as a local file. `read` gives (content, version): the version names the
+  file read (device, inode and a digest of its content), so that removing it removes
+  that file and not one another run has put in its place since."""
 
   def __init__(self, path: str):
     self.path = path
@@ -93,15 +99,16 @@ class _LocalLockFile:
       os.remove(tmp)
     return True
 
-  def read(self) -> tuple[bytes | None, None]:
+  def read(self) -> tuple[bytes | None, tuple | None]:
     try:
       with open(self.path, 'rb') as f:
-        return f.read(), None
+        data, stat = f.read(), os.fstat(f.fileno())
     except FileNotFoundError:
       return None, None
+    return data, (stat.st_dev, stat.st_ino, hashlib.sha256(data).hexdigest())
 
   def replace(self, data: bytes, version) -> bool:
-    del version
+    del version  # only the holder rewrites its lock, and a rename has no precondition
     tmp = f'{self.path}.{uuid.uuid4().hex}.tmp'
     with open(tmp, 'wb') as f:
       f.write(data)
@@ -109,15 +116,56 @@ class _LocalLockFile:
     return True
 
   def remove(self, version) -> bool:
-    """Moves the lock out of the way; of two runs doing so at once, one wins."""
-    del version
-    aside = f'{self.path}.stale-{uuid.uuid4().hex}'
+    """Removes the lock file `read` returned as `version` if it is still the one in
+    place. Of several runs removing one stale lock at once, one does; the others find
+    the new holder's lock afterwards, never remove it.
+
+    No system call removes a name only if it is a given file, so: the remover links a
+    claim named after that file (one link of several succeeds), checks that the claim
+    is that file, then moves the lock aside and checks what it moved (a lock that
+    replaced the one read, e.g. its holder's heartbeat, is put back).
+    """
+    claim = f'{self.path}.takeover-{version[1]}-{version[2][:16]}'
     try:
-      os.rename(self.path, aside)
+      os.link(self.path, claim)
     except FileNotFoundError:
       return False
-    os.remove(aside)
-    return True
+    except FileExistsError:
+      self._drop_if_abandoned(claim)
+      return False
+    try:
+      if not self._is(claim, version):  # the lock changed after it was read
+        return False
+      aside = f'{self.path}.stale-{uuid.uuid4().hex}'
+      try:
+        os.rename(self.path, aside)
+      except FileNotFoundError:
+        return False
+      try:
+        if self._is(aside, version):
+          return True
+        with contextlib.suppress(FileExistsError):  # a new run took the free place first
+          os.link(aside, self.path)
+        return False
+      finally:
+        os.remove(aside)
+    finally:
+      with contextlib.suppress(FileNotFoundError):  # dropped as abandoned meanwhile
+        os.remove(claim)
+
+  @staticmethod
+  def _is(path: str, version) -> bool:
+    with open(path, 'rb') as f:
+      stat = os.fstat(f.fileno())
+      return ((stat.st_dev, stat.st_ino) == version[:2]
+              and hashlib.sha256(f.read()).hexdigest() == version[2])
+
+  @staticmethod
+  def _drop_if_abandoned(claim: str) -> None:
+    """A claim outlives its take-over (milliseconds) only if its remover died then."""
+    with contextlib.suppress(FileNotFoundError):
+      if time.time() - os.stat(claim).st_ctime > CLAIM_EXPIRES_SECONDS:
+        os.remove(claim)
 
 
 class _GcsLockObject:
@@ -255,6 +303,8 @@ class RunLock:
       if self._file.remove(version):
         logging.warning('taking over %s from a run that is gone: %s', self.workdir,
                         other.describe())
+      else:  # another run is taking it over, or it changed: look again in a moment
+        time.sleep(0.01)
     return None
 
   def _beat(self) -> None:

@@ -1,8 +1,10 @@
 """One run at a time on a workdir: the lock, its expiry and `bertjax unlock`."""
 import json
 import os
+import random
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -38,6 +40,53 @@ def test_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path, caplog):
   with run_lock.RunLock(tmp_path) as lock:
     assert run_lock.read_holder(tmp_path).run_id == lock.holder.run_id
   assert 'taking over' in caplog.text
+
+
+def test_of_two_runs_taking_over_one_stale_lock_at_once_exactly_one_wins(tmp_path, monkeypatch):
+  # Both judge the lock stale before either takes it over; then each goes on after a
+  # random pause, so that the take-overs interleave differently from round to round.
+  judged_stale = threading.Barrier(2)
+  is_stale = run_lock.Holder.is_stale
+
+  def both_judge_then_race(holder, now=None):
+    stale = is_stale(holder, now)
+    if holder.run_id == 'gone':
+      judged_stale.wait(timeout=10)
+      time.sleep(random.uniform(0, 0.005))
+    return stale
+  monkeypatch.setattr(run_lock.Holder, 'is_stale', both_judge_then_race)
+
+  def contend(outcomes, decided):
+    try:
+      with run_lock.RunLock(tmp_path):
+        outcomes.append('holds')
+        decided.wait(timeout=10)  # hold it until the other has decided too
+    except UserError as e:
+      outcomes.append(str(e))
+      decided.wait(timeout=10)
+
+  for _ in range(30):
+    _write_lock(tmp_path, run_id='gone', heartbeat=time.time() - run_lock.EXPIRES_SECONDS - 1)
+    judged_stale.reset()
+    outcomes, decided = [], threading.Barrier(2)
+    threads = [threading.Thread(target=contend, args=(outcomes, decided)) for _ in range(2)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    assert outcomes.count('holds') == 1, outcomes
+    assert 'in use by' in next(o for o in outcomes if o != 'holds')
+    assert os.listdir(tmp_path) == []  # no lock, claim or moved-aside file left
+
+
+def test_a_lock_rewritten_after_it_was_read_is_not_removed(tmp_path):
+  lock = run_lock._lock_file(tmp_path)  # pylint: disable=protected-access
+  _write_lock(tmp_path, run_id='slow', heartbeat=time.time() - run_lock.EXPIRES_SECONDS - 1)
+  _, version = lock.read()
+  _write_lock(tmp_path, run_id='slow')  # its holder's late heartbeat
+  assert not lock.remove(version)
+  assert run_lock.read_holder(tmp_path).run_id == 'slow'
+  assert os.listdir(tmp_path) == ['.lock']
 
 
 def test_lock_expires_without_heartbeat(tmp_path):

@@ -178,7 +178,17 @@ def train_iterator(data: PretrainData, workers: int):
     from absl import flags
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; bertjax uses none
       flags.FLAGS.mark_as_parsed()
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    import signal
+
+    def leave_the_first_ctrl_c_to_the_parent(worker_index, worker_count):
+      # Ctrl-C reaches the whole process group. The parent saves the position it has
+      # consumed to, then closes the workers; a worker that died of it would print a
+      # traceback and could fail the batch the parent still waits for. A second Ctrl-C
+      # ends the worker at once, as it ends the parent.
+      signal.signal(signal.SIGINT, lambda *_: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+                                  worker_init_fn=leave_the_first_ctrl_c_to_the_parent)
   return iter(dataset)
 
 
