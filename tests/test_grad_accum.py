@@ -24,7 +24,9 @@ def build(mesh, accum):
   model_cfg = BertConfig.from_dict({**c.model.to_dict(), 'vocab_size': 512})
   mesh_ = sharding.make_mesh(c.mesh)
   rules = sharding.rules_from_config(c.mesh)
-  return steps.build(c, model_cfg, mesh_, rules), mesh_, rules, c
+  fns = steps.build(model_cfg, c.optim, mesh_, rules, total_steps=c.train.steps,
+                    batch_size=c.train.batch_size, grad_accum_steps=accum, seed=c.seed)
+  return fns, mesh_, rules, c
 
 
 def fake_batch(config, fns):

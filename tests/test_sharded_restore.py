@@ -56,7 +56,9 @@ def test_init_lands_on_the_target_shardings_without_the_host(phase1, tmp_path, m
   init_weights.adopt_architecture(config)
   model_cfg = config_lib.model_config(config, weights.open_tokenizer(phase1).vocab_size)
   mesh = sharding.make_mesh(config.mesh)
-  fns = steps.build(config, model_cfg, mesh, sharding.rules_from_config(config.mesh))
+  fns = steps.build(model_cfg, config.optim, mesh, sharding.rules_from_config(config.mesh),
+                    total_steps=config.train.steps, batch_size=config.train.batch_size,
+                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
   fresh = fns.init(jax.random.key(0))['params']
   # The host path (numpy, `transformers` names) is not taken.
   monkeypatch.setattr(weights, 'open_weights', lambda *a, **k: pytest.fail('read on host'))
