@@ -135,7 +135,7 @@ def build(model_cfg, optim_cfg, mesh, rules, objective: Objective | None = None,
   # The extra inputs (a teacher's params) enter the accumulation as their own specs:
   # sharded over the batch axes like the student's weights, gathered the same way.
   extra_spec = None if extra is None else jax.tree.map(
-      lambda sh: sharding.only_axes(getattr(sh, 'spec', ()), batch_axes), extra_sharding)
+      lambda sh: sharding.only_axes(sh.spec, batch_axes), extra_sharding)
 
   def accumulate(params, batch, dropout_key, counts, extra=None):
     """Summed gradients and loss sums of `accum` micro-batches, reduced across devices
@@ -150,7 +150,7 @@ def build(model_cfg, optim_cfg, mesh, rules, objective: Objective | None = None,
     def local(params, batch, dropout_key, counts, *extras):
       shard = jax.lax.axis_index(batch_axes) if batch_axes else 0
       full = jax.tree.map(lambda p, spec: _gather(p, spec), params, params_spec)
-      full_extra = (jax.tree.map(_gather, extras[0], extra_spec) if extras else None)
+      full_extra = jax.tree.map(_gather, extras[0], extra_spec) if extras else None
       micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
 
       def body(carry, xs):
