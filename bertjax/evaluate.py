@@ -62,8 +62,10 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
       info.model_kind, info.num_labels)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
-  fns = steps.build(config, model_cfg, mesh, rules,
-                    steps.finetuning(task, model_cfg, info.num_labels), total_steps=1)
+  fns = steps.build(model_cfg, config.optim, mesh, rules,
+                    steps.finetuning(task, model_cfg, info.num_labels), total_steps=1,
+                    batch_size=config.train.batch_size,
+                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
   with sharding.activate(mesh, rules):
     params = jax.device_put(params, fns.state_sharding['params'])
     results = evaluate_split(fns, params, task, split, config.train.eval_batch_size)

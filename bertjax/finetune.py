@@ -110,7 +110,9 @@ def _finetune(config, workdir: str, profile: bool) -> dict[str, float]:
   rules = sharding.rules_from_config(config.mesh)
   objective = steps.finetuning(task, model_cfg, info.num_labels,
                                config.task.get('classifier_dropout'))
-  fns = steps.build(config, model_cfg, mesh, rules, objective, total_steps=n_steps)
+  fns = steps.build(model_cfg, config.optim, mesh, rules, objective, total_steps=n_steps,
+                    batch_size=config.train.batch_size,
+                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
 
   def start_fresh(_):

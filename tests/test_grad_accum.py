@@ -1,14 +1,18 @@
 """Gradient accumulation reduces across devices once a step, whatever the number of
 micro-batches: counted in the compiled HLO, on 8 fake devices, data- and
-FSDP-parallel; and it still equals the step on the whole batch."""
+FSDP-parallel; and it still equals the step on the whole batch, distillation's
+(with its teacher) included."""
+import dataclasses
 import os
 import re
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
-from bertjax import config_lib, sharding, steps
+from bertjax import config_lib, distill, sharding, steps
+from bertjax.models import heads
 from bertjax.models.bert import BertConfig
 
 from conftest import ROOT
@@ -17,14 +21,19 @@ QUICKSTART = os.path.join(ROOT, 'experiments', 'quickstart.py')
 REDUCES = re.compile(r'\b(all-reduce|reduce-scatter)(-start)?\(')
 
 
-def build(mesh, accum):
+def build(mesh, accum, objective=None):
+  """The steps, mesh, rules and config; `objective(model_cfg, mesh, rules)` replaces
+  pre-training's."""
   c = config_lib.load_config(QUICKSTART + ':local')
   c = config_lib.apply_overrides(c, [f'mesh.{k}={v}' for k, v in mesh.items()]
                                  + [f'train.grad_accum_steps={accum}', 'train.batch_size=32'])
   model_cfg = BertConfig.from_dict({**c.model.to_dict(), 'vocab_size': 512})
   mesh_ = sharding.make_mesh(c.mesh)
   rules = sharding.rules_from_config(c.mesh)
-  return steps.build(c, model_cfg, mesh_, rules), mesh_, rules, c
+  objective = objective and objective(c, model_cfg, mesh_, rules)
+  fns = steps.build(model_cfg, c.optim, mesh_, rules, objective, total_steps=c.train.steps,
+                    batch_size=c.train.batch_size, grad_accum_steps=accum, seed=c.seed)
+  return fns, mesh_, rules, c
 
 
 def fake_batch(config, fns):
@@ -91,4 +100,29 @@ def test_accumulated_step_equals_the_whole_batch_step(mesh):
       state, metrics = fns.train_step(fns.init(jax.random.key(0)), fake_batch(c, fns))
     results[accum] = jax.device_get((state['params'], metrics))
   for a, b in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[4])):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+def distillation(config, model_cfg, mesh, rules):
+  """Distillation from a random teacher one layer deeper and as wide (the cosine term
+  on), its params sharded by the same rules as the student's (over fsdp here)."""
+  cfg = dataclasses.replace(model_cfg, num_layers=model_cfg.num_layers + 1)
+  with sharding.activate(mesh, rules):
+    model = heads.build('pretraining', cfg, rngs=nnx.Rngs(params=1))
+    shardings = nnx.to_pure_dict(sharding.param_shardings(nnx.state(model), mesh, rules))
+    params = jax.device_put(nnx.to_pure_dict(nnx.state(model)), shardings)
+  teacher = distill.Teacher('random', cfg, nnx.graphdef(model), params)
+  return distill.pretraining(config.distill, model_cfg, teacher)
+
+
+def test_accumulated_distillation_step_equals_the_whole_batch_step():
+  results = {}
+  for accum in (1, 2):
+    fns, mesh_, rules, c = build(dict(data=2, fsdp=4), accum, distillation)
+    with sharding.activate(mesh_, rules):
+      state, metrics = fns.train_step(fns.init(jax.random.key(0)), fake_batch(c, fns))
+    results[accum] = jax.device_get((state['params'], metrics))
+  assert results[1][1]['kl_loss'] > 0 and results[1][1]['cos_loss'] > 0
+  assert results[1][1].keys() == results[2][1].keys()
+  for a, b in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[2])):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)

@@ -4,9 +4,7 @@ import sys
 
 import pytest
 import sentencepiece as spm
-
-transformers = pytest.importorskip('transformers')
-pytest.importorskip('tokenizers')
+import transformers
 
 from bertjax.data import corpus
 from bertjax.data import tokenizer as tokenizer_lib

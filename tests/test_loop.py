@@ -103,8 +103,10 @@ def _damage(step_dir, how):
 
 def _abstract_state(workdir):
   config = workdir_config(workdir)
-  fns = steps.build(config, config_lib.model_config(config, 512), sharding.make_mesh(config.mesh),
-                    sharding.rules_from_config(config.mesh))
+  fns = steps.build(config_lib.model_config(config, 512), config.optim,
+                    sharding.make_mesh(config.mesh), sharding.rules_from_config(config.mesh),
+                    total_steps=config.train.steps, batch_size=config.train.batch_size,
+                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
   return fns.abstract_state
 
 

@@ -2,14 +2,13 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 from flax import nnx
 
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
-
-from bertjax import hf_weights  # noqa: E402
-from bertjax.models import heads  # noqa: E402
-from bertjax.models.bert import BertConfig  # noqa: E402
+from bertjax import hf_weights
+from bertjax.models import heads
+from bertjax.models.bert import BertConfig
 
 ATOL = 1e-5
 SHAPES = [  # layers, hidden, heads, intermediate, vocab

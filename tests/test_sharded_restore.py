@@ -56,7 +56,9 @@ def test_init_lands_on_the_target_shardings_without_the_host(phase1, tmp_path, m
   init_weights.adopt_architecture(config)
   model_cfg = config_lib.model_config(config, weights.open_tokenizer(phase1).vocab_size)
   mesh = sharding.make_mesh(config.mesh)
-  fns = steps.build(config, model_cfg, mesh, sharding.rules_from_config(config.mesh))
+  fns = steps.build(model_cfg, config.optim, mesh, sharding.rules_from_config(config.mesh),
+                    total_steps=config.train.steps, batch_size=config.train.batch_size,
+                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
   fresh = fns.init(jax.random.key(0))['params']
   # The host path (numpy, `transformers` names) is not taken.
   monkeypatch.setattr(weights, 'open_weights', lambda *a, **k: pytest.fail('read on host'))
@@ -127,7 +129,7 @@ def test_two_processes_init_sharded_then_resume(phase1, phase2_fsdp8, tmp_path):
     ('BertForPreTraining', 'pretraining'), ('BertModel', 'pretraining'),
     ('BertForPreTraining', 'sequence_classification')])
 def test_hugging_face_weights_land_on_the_target_shardings(tmp_path, hf_class, kind):
-  transformers = pytest.importorskip('transformers')
+  import transformers
   hf_cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
                                    num_attention_heads=4, intermediate_size=64,
                                    max_position_embeddings=64)

