@@ -11,13 +11,14 @@ import jax
 import numpy as np
 import pytest
 
-from bertjax import checkpoint, config_lib, init_weights, sharding, steps, train, weights
+from bertjax import checkpoint, config_lib, hf, init_weights, sharding, steps, train, weights
 from bertjax.cli import main
 from bertjax.errors import UserError
 from bertjax.models import heads
 from flax import nnx
 
 from conftest import ROOT
+from gcs_emulator import gcs_bucket  # noqa: F401  pylint: disable=unused-import
 
 BERT_BASE = os.path.join(ROOT, 'experiments', 'bert_base.py')
 
@@ -194,6 +195,31 @@ def test_two_processes_start_from_hugging_face_weights_like_one(tmp_path):
   np.testing.assert_array_equal(
       want["['bert']['layers'][1]['output']['bias']"],
       source.tensors['bert.encoder.layer.1.output.dense.bias'])
+
+
+def test_a_hugging_face_init_on_gcs_is_placed_like_a_local_one(gcs_bucket, tmp_path,  # noqa: F811
+                                                               monkeypatch):
+  """An `init` on gs://: its model.safetensors is staged to the host's disk, then
+  placed slice by slice like a local directory's (no read through the host params)."""
+  from etils import epath
+  local = tiny_hf_dir(tmp_path / 'hf')
+  remote = f'{gcs_bucket}/hf-{os.getpid()}'
+  for path in epath.Path(local).iterdir():
+    (epath.Path(remote) / path.name).write_bytes(path.read_bytes())
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))  # the staged copy
+  monkeypatch.setattr(weights, 'open_weights', lambda *a, **k: pytest.fail('read on host'))
+  cfg, _ = hf.read_hf_config(local)
+  mesh = sharding.make_mesh(config_lib.ConfigDict(dict(data=1, fsdp=8, tensor=1)))
+  with sharding.activate(mesh, sharding.DEFAULT_RULES):
+    shardings = nnx.to_pure_dict(sharding.param_shardings(nnx.state(nnx.eval_shape(
+        lambda: heads.build('pretraining', cfg, rngs=nnx.Rngs(0)))), mesh,
+        sharding.DEFAULT_RULES))
+  fresh = jax.device_put(weights.initial_params('pretraining', cfg), shardings)
+  want = init_weights.initial_params(local, fresh, 'pretraining')
+  got = init_weights.initial_params(remote, fresh, 'pretraining')
+  for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    assert g.sharding == w.sharding
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
 
 def test_a_hugging_face_init_without_safetensors_is_one_line(tmp_path):
