@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from bertjax import reporting, sharding, steps, weights
 from bertjax.errors import UserError
@@ -145,23 +144,27 @@ def teacher_layers(teacher_layers: int, student_layers: int) -> list[int]:
 
 def student_from_teacher(teacher: Teacher, fresh):
   """The student's first params: the teacher's embeddings, heads and pooler, and the
-  teacher layers `teacher_layers` names (`distill.init_from_teacher`)."""
-  taught = jax.tree.map(np.asarray, multihost_utils.process_allgather(teacher.params,
-                                                                      tiled=True))
+  teacher layers `teacher_layers` names (`distill.init_from_teacher`). `fresh` gives
+  the student's shapes only. Copied on the devices from the teacher's sharded params,
+  each into its leaf's sharding (the student's: same rules, same shapes), so no
+  weight passes through a host and a run across processes starts the same way."""
   student_layers = sorted(fresh['bert']['layers'], key=int)
-  teacher_keys = sorted(taught['bert']['layers'], key=int)
+  teacher_keys = sorted(teacher.params['bert']['layers'], key=int)
   if len(student_layers) > len(teacher_keys):
     raise UserError(f'distill.init_from_teacher: the student has {len(student_layers)} layers, '
                     f'the teacher only {len(teacher_keys)}; use a shallower student or drop '
                     'init_from_teacher')
   picked = teacher_layers(len(teacher_keys), len(student_layers))
+  taught = teacher.params
   layers = {s: taught['bert']['layers'][teacher_keys[t]] for s, t in zip(student_layers, picked)}
-  params = dict(taught, bert=dict(taught['bert'], layers=layers))
-  fresh_shapes = jax.tree.map(np.shape, fresh)
-  if jax.tree.map(np.shape, params) != fresh_shapes:
+  chosen = dict(taught, bert=dict(taught['bert'], layers=layers))
+  if jax.tree.map(np.shape, chosen) != jax.tree.map(np.shape, fresh):
     raise UserError('distill.init_from_teacher needs a student as wide as its teacher '
                     f'(hidden_size {teacher.model_cfg.hidden_size}, intermediate_size '
                     f'{teacher.model_cfg.intermediate_size}, {teacher.model_cfg.num_heads} '
                     'heads); set the student\'s model sizes to those, or drop init_from_teacher')
+  # Copies, not the teacher's buffers: the train step donates the student's state.
+  params = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
+                   out_shardings=jax.tree.map(lambda x: x.sharding, chosen))(chosen)
   reporting.log(f'student initialised from {teacher.source}: its layers {picked}')
   return params

@@ -14,9 +14,10 @@ import tempfile
 
 import numpy as np
 
-from bertjax import hf_weights, storage
+from bertjax import storage
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
+from bertjax.models import heads
 from bertjax.models.bert import BertConfig
 
 # Buffers some checkpoints carry that are not weights.
@@ -86,7 +87,7 @@ def read_hf_config(src: str) -> tuple[BertConfig, dict]:
 
 def hf_config_dict(cfg: BertConfig, kind: str, *, pad_token_id: int = 0, **extra) -> dict:
   return dict(
-      architectures=[hf_weights.HF_CLASSES[kind]], model_type='bert',
+      architectures=[heads.kind_of(kind).hf_class], model_type='bert',
       vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
       num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
       intermediate_size=cfg.intermediate_size, hidden_act='gelu',
@@ -98,8 +99,8 @@ def hf_config_dict(cfg: BertConfig, kind: str, *, pad_token_id: int = 0, **extra
       position_embedding_type='absolute', tie_word_embeddings=True, **extra)
 
 
-def read_safetensors(src: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load
+def safetensors_path(src: str):
+  """The model.safetensors of the directory `src`; one line when it has none."""
   path = storage.as_path(src) / 'model.safetensors'
   if not path.is_file():
     if (storage.as_path(src) / 'pytorch_model.bin').is_file():
@@ -107,7 +108,13 @@ def read_safetensors(src: str) -> dict[str, np.ndarray]:
                       'not load; convert it with transformers: '
                       'model.save_pretrained(dir, safe_serialization=True)')
     raise UserError(f'{src} has no model.safetensors')
-  return {k: v for k, v in load(path.read_bytes()).items() if k not in _IGNORED}
+  return path
+
+
+def read_safetensors(src: str) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load
+  return {k: v for k, v in load(safetensors_path(src).read_bytes()).items()
+          if k not in _IGNORED}
 
 
 def load_hf_tokenizer(src: str) -> tokenizer_lib.Tokenizer:
@@ -151,7 +158,7 @@ def _vocab_from_tokenizer_json(path, dest: str) -> None:
 
 def checkpoint_kind(tensors, raw_config: dict) -> str:
   """The head kind of a `transformers` checkpoint, from its class and its keys."""
-  by_class = {v: k for k, v in hf_weights.HF_CLASSES.items()}
+  by_class = {head.hf_class: name for name, head in heads.KINDS.items()}
   for arch in raw_config.get('architectures') or ():
     if arch in by_class:
       kind = by_class[arch]
@@ -167,9 +174,8 @@ def checkpoint_kind(tensors, raw_config: dict) -> str:
 
 
 def num_labels(tensors, kind: str) -> int:
-  if kind in ('sequence_classification', 'token_classification'):
-    return int(tensors['classifier.weight'].shape[0])
-  return 2
+  head = heads.kind_of(kind)
+  return int(tensors[head.labels_weight].shape[0]) if head.labelled else 2
 
 
 def hf_files(tensors: dict[str, np.ndarray], cfg: BertConfig, kind: str, tok, *,
@@ -178,7 +184,7 @@ def hf_files(tensors: dict[str, np.ndarray], cfg: BertConfig, kind: str, tok, *,
   from safetensors.numpy import save
   from bertjax.data import hf_tokenizer
   extra = {}
-  if kind in ('sequence_classification', 'token_classification'):
+  if heads.kind_of(kind).labelled:
     names = list(label_names) or [f'LABEL_{i}' for i in range(num_labels)]
     extra = dict(id2label={str(i): n for i, n in enumerate(names)},
                  label2id={n: i for i, n in enumerate(names)})

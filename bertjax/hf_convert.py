@@ -14,6 +14,7 @@ from bertjax import (checkpoint, config_lib, export_dir, hf, hf_weights, reporti
                      storage, weights as weights_lib, workdir as workdir_lib)
 from bertjax.data import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
+from bertjax.models import heads
 from bertjax.models.bert import BertConfig
 
 
@@ -80,9 +81,9 @@ def export_hf(workdir: str, out: str, step: int | None = None) -> str:
                    card=model_card(config, source, workdir))
   export_dir.write(out, files, workdir=workdir,
                    about=dict(source=os.fspath(workdir_lib.path(workdir)), step=source.step,
-                              hf_class=hf_weights.HF_CLASSES[source.kind]))
+                              hf_class=heads.kind_of(source.kind).hf_class))
   reporting.log(f'exported step {source.step} of {workdir} to {out} '
-                f'({hf_weights.HF_CLASSES[source.kind]})')
+                f'({heads.kind_of(source.kind).hf_class})')
   return out
 
 
@@ -96,7 +97,7 @@ def _last_metrics(workdir: str) -> dict:
 
 def model_card(config, source: weights_lib.Weights, workdir: str) -> str:
   cfg, kind = source.model_cfg, source.kind
-  hf_class = hf_weights.HF_CLASSES[kind]
+  hf_class = heads.kind_of(kind).hf_class
   final = _last_metrics(workdir)
   metrics = '\n'.join(f'| {k} | {v:.4g} |' for k, v in sorted(final.items())
                       if k != 'step' and isinstance(v, (int, float))) or '| (none logged) | |'
@@ -105,16 +106,16 @@ def model_card(config, source: weights_lib.Weights, workdir: str) -> str:
               f'{optim.warmup_steps}, {optim.decay} decay, weight decay {optim.weight_decay}')
   if 'task' in config:
     title = f'BERT fine-tuned with bertjax ({config.task.kind})'
-    heads = f'{hf_class} head' + (f' over labels {", ".join(source.label_names)}'
+    head_text = f'{hf_class} head' + (f' over labels {", ".join(source.label_names)}'
                                   if source.label_names else '')
     training = (f'- fine-tuned from `{config.init}` on `{config.task.train}`, sequence length '
                 f'{config.task.seq_len}; the weights of step {source.step} (best '
                 f'{config.task.metric} on the eval split)')
   else:
     title = 'BERT pre-trained with bertjax'
-    heads = 'masked-LM (decoder tied to the word embeddings) and next-sentence prediction'
+    head_text = 'masked-LM (decoder tied to the word embeddings) and next-sentence prediction'
     if config.model.get('sbo'):
-      heads += ('. It was pre-trained with SpanBERT\'s span-boundary objective '
+      head_text += ('. It was pre-trained with SpanBERT\'s span-boundary objective '
                 '(model.sbo); that head is not part of the Hugging Face model and is not '
                 'exported')
     training = (f'- steps: {source.step} of {config.train.steps}, batch '
@@ -132,7 +133,7 @@ Load it with `transformers.{hf_class}.from_pretrained(path)` (or `AutoModel`).
 ## Architecture
 BERT, post-LayerNorm: {cfg.num_layers} layers, hidden size {cfg.hidden_size},
 {cfg.num_heads} attention heads, feed-forward {cfg.intermediate_size}, vocabulary
-{cfg.vocab_size}, up to {cfg.max_position_embeddings} positions. Heads: {heads}.
+{cfg.vocab_size}, up to {cfg.max_position_embeddings} positions. Heads: {head_text}.
 
 ## Training
 {training}

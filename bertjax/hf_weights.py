@@ -1,8 +1,8 @@
 """Weight names and layouts between bertjax and Hugging Face `transformers` BERT.
 
 A `transformers` Linear stores weight (out, in); bertjax's Dense stores kernel
-(*in, *out) (e.g. query (D, H, K)), so a kernel maps as reshape(in, out).T. Each
-head kind lists the checkpoint prefixes of `transformers`' matching class.
+(*in, *out) (e.g. query (D, H, K)), so a kernel maps as reshape(in, out).T. The
+encoder's names are here; each head kind's (and its class) are in models/heads.KINDS.
 
 bertjax's word embeddings and MLM bias have `BertConfig.padded_vocab_size` rows;
 `transformers` has `vocab_size`. Exports strip the padding rows (`to_hf` with
@@ -17,19 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# bertjax head kind -> transformers class name.
-HF_CLASSES = {
-    'pretraining': 'BertForPreTraining',
-    'sequence_classification': 'BertForSequenceClassification',
-    'token_classification': 'BertForTokenClassification',
-    'question_answering': 'BertForQuestionAnswering',
-    'encoder': 'BertModel',
-}
-
+from bertjax.models import heads
 
 # Our paths whose first axis is the (padded) vocabulary.
 _WORD_EMBEDDINGS = ('bert', 'embeddings', 'word_embeddings', 'embedding')
-_MLM_BIAS = ('mlm', 'bias')
+# And the heads' such weights (the MLM bias).
+_VOCAB_HEAD_PATHS = tuple(ours for head in heads.KINDS.values()
+                          for how, _, ours in head.hf_weights if how == 'vocab')
 
 
 def _dense(hf: str, ours: tuple, n_in: int = 1):
@@ -68,21 +62,18 @@ def _encoder_names(num_layers: int, prefix: str, with_pooler: bool):
   return names
 
 
+_NAMES = {'dense': _dense, 'layer_norm': _layer_norm,
+          'vocab': lambda hf, ours: [(hf, ours, ('vocab',))]}
+
+
 def name_map(kind: str, num_layers: int):
   """[(hf_name, our_path, layout)] for a model of head `kind`."""
+  head = heads.kind_of(kind)
   if kind == 'encoder':  # a bare BertModel checkpoint has no 'bert.' prefix
-    return _encoder_names(num_layers, '', with_pooler=True)
-  pooled = kind in ('pretraining', 'sequence_classification')
-  names = _encoder_names(num_layers, 'bert.', with_pooler=pooled)
-  if kind == 'pretraining':
-    names += [*_dense('cls.predictions.transform.dense', ('mlm', 'transform')),
-              *_layer_norm('cls.predictions.transform.LayerNorm', ('mlm', 'layer_norm')),
-              ('cls.predictions.bias', _MLM_BIAS, ('vocab',)),
-              *_dense('cls.seq_relationship', ('nsp',))]
-  elif kind in ('sequence_classification', 'token_classification'):
-    names += _dense('classifier', ('classifier',))
-  elif kind == 'question_answering':
-    names += _dense('qa_outputs', ('qa_outputs',))
+    return _encoder_names(num_layers, '', with_pooler=head.pooler)
+  names = _encoder_names(num_layers, 'bert.', with_pooler=head.pooler)
+  for how, hf, ours in head.hf_weights:
+    names += _NAMES[how](hf, ours)
   return names
 
 
@@ -157,7 +148,8 @@ def is_vocab_path(names) -> bool:
   """Whether a params path (a tuple of names) is a word-embedding table or MLM bias,
   under 'bert' or at the root (a bare encoder's params)."""
   names = tuple(names)
-  return names[-3:] == _WORD_EMBEDDINGS[1:] or names[-2:] == _MLM_BIAS
+  return names[-3:] == _WORD_EMBEDDINGS[1:] or any(
+      names[-len(p):] == p for p in _VOCAB_HEAD_PATHS)
 
 
 def path_names(path) -> tuple:

@@ -73,14 +73,9 @@ def initial_params(init: str, fresh, kind: str, num_labels: int = 2):
   """`fresh` (the run's freshly initialised params, placed on its mesh) with the
   weights of `init` put in: the encoder, and the head where `init` has one of the
   same kind, straight onto the params' shardings (each process reads what its
-  devices hold): a bertjax workdir's checkpoint through orbax, a Hugging Face
-  directory's model.safetensors slice by slice. Elsewhere (e.g. a Hugging Face
-  directory on gs://) the weights are read on the host and placed like `fresh`."""
+  devices hold; no weight passes through one host, so a run across processes starts
+  the same way): a bertjax workdir's checkpoint through orbax, a Hugging Face
+  directory's model.safetensors slice by slice."""
   if workdir_lib.is_workdir(init):
     return weights.restore_sharded(init, fresh, kind, num_labels)[0]
-  if os.path.isfile(os.path.join(init, 'model.safetensors')):
-    return weights.place_hf(init, fresh, kind, num_labels)[0]
-  shardings = jax.tree.map(lambda x: x.sharding, fresh)
-  params, _ = weights.transplant(weights.open_weights(init), jax.device_get(fresh), kind,
-                                 num_labels)
-  return jax.device_put(params, shardings)
+  return weights.place_hf(init, fresh, kind, num_labels)[0]

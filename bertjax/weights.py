@@ -38,7 +38,7 @@ class Weights:
   """A checkpoint's weights under `transformers` names (bare encoders prefixed
   'bert.' like the others), with what is needed to rebuild its model."""
   source: str
-  kind: str                 # a heads.build kind; 'encoder' for a bare BertModel
+  kind: str                 # a heads.KINDS key; 'encoder' for a bare BertModel
   model_cfg: BertConfig
   tensors: dict[str, np.ndarray]
   num_labels: int = 2
@@ -128,8 +128,8 @@ def _show(names, limit: int = 4) -> str:
 
 # Head parts a checkpoint either has whole or never had: absent whole, they are
 # initialised fresh; present in part, they are a hole.
-_HEAD_GROUPS = ('bert.pooler.', 'cls.predictions.', 'cls.seq_relationship.', 'classifier.',
-                'qa_outputs.')
+_HEAD_GROUPS = ('bert.pooler.', *dict.fromkeys(
+    p for head in heads.KINDS.values() for p in head.hf_prefixes))
 
 
 def _group(name: str) -> str | None:
@@ -185,7 +185,7 @@ def _fit(weights: Weights, shapes: dict[str, tuple], rooted, kind: str, num_labe
   expected = _hf_shapes(rooted, kind, layers, weights.model_cfg.vocab_size)
   if kind == 'encoder':
     expected = {f'bert.{k}': v for k, v in expected.items()}
-  if weights.kind == kind and kind in ('sequence_classification', 'token_classification') and (
+  if weights.kind == kind and heads.kind_of(kind).labelled and (
       weights.num_labels != num_labels):
     raise UserError(f'{weights.source} has a {weights.num_labels}-label {kind} head but the '
                     f'task has {num_labels} labels; fine-tune from the pre-trained encoder it '
@@ -273,16 +273,18 @@ def place_hf(path: str, fresh, kind: str, num_labels: int = 2):
   shardings (`jax.make_array_from_callback`): each process reads from
   model.safetensors only what its own devices hold: the slices of embeddings, layer
   norms and biases, whole `transformers` Linear weights (their layout is transposed
-  from ours) one at a time. The refusals are `transplant`'s, checked on the file's
-  shapes before any read. Returns (params, initialised).
+  from ours) one at a time. A file on `gs://` is staged to each host's disk first
+  (safetensors reads local files). The refusals are `transplant`'s, checked on the
+  file's shapes before any read. Returns (params, initialised).
   """
   from safetensors import safe_open
   export_dir.check_complete(path)
   cfg, raw = hf.read_hf_config(path)
+  local_file = storage.local_copy(hf.safetensors_path(path))
   layers = cfg.num_layers
   bare = kind == 'encoder'
   rooted = {'bert': fresh} if bare else fresh
-  with safe_open(os.path.join(path, 'model.safetensors'), 'np') as file:
+  with safe_open(local_file, 'np') as file:
     shapes = {n: tuple(file.get_slice(n).get_shape()) for n in file.keys()
               if n not in hf._IGNORED}
     structs = {n: jax.ShapeDtypeStruct(s, np.float32) for n, s in shapes.items()}

@@ -1,5 +1,6 @@
-"""Phase 2's `init` and resumes restore straight into the run's shardings: on an
-FSDP mesh of 8 fake devices, and across two processes that each hold half of it."""
+"""Phase 2's `init`, Hugging Face `init`s, a distilled student's start and resumes
+land straight in the run's shardings: on an FSDP mesh of 8 fake devices, and across
+two processes that each hold half of it."""
 import json
 import os
 import socket
@@ -10,13 +11,14 @@ import jax
 import numpy as np
 import pytest
 
-from bertjax import checkpoint, config_lib, init_weights, sharding, steps, train, weights
+from bertjax import checkpoint, config_lib, hf, init_weights, sharding, steps, train, weights
 from bertjax.cli import main
 from bertjax.errors import UserError
 from bertjax.models import heads
 from flax import nnx
 
 from conftest import ROOT
+from gcs_emulator import gcs_bucket  # noqa: F401  pylint: disable=unused-import
 
 BERT_BASE = os.path.join(ROOT, 'experiments', 'bert_base.py')
 
@@ -152,3 +154,114 @@ def test_hugging_face_weights_land_on_the_target_shardings(tmp_path, hf_class, k
   for (path, w), g, s in zip(flat, got, jax.tree.leaves(shardings)):
     assert g.sharding == s, path
     np.testing.assert_array_equal(np.asarray(g), w, err_msg=str(path))
+
+
+def tiny_hf_dir(path, hf_class='BertForPreTraining', layers=2):
+  """A random `transformers` BERT saved with its vocabulary: the directory a run's
+  `init` (or a teacher) may name."""
+  transformers = pytest.importorskip('transformers')
+  import torch
+  vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *'abcdefghijklmnopqrstuvwxyz']
+  hf_cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32,
+                                   num_hidden_layers=layers, num_attention_heads=4,
+                                   intermediate_size=64, max_position_embeddings=64)
+  torch.manual_seed(0)
+  getattr(transformers, hf_class)(hf_cfg).save_pretrained(str(path), safe_serialization=True)
+  (path / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
+  return str(path)
+
+
+def test_two_processes_start_from_hugging_face_weights_like_one(tmp_path):
+  """A run whose `init` is a Hugging Face directory, over two processes (fsdp=8 spans
+  both): each process places only its own slices, and the params are the
+  one-process run's, bit for bit."""
+  import sharded_init_worker
+  init = tiny_hf_dir(tmp_path / 'hf')
+  port, out = _free_port(), str(tmp_path / 'two.npz')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  worker = os.path.join(ROOT, 'tests', 'sharded_init_worker.py')
+  procs = [subprocess.Popen([sys.executable, worker, init, out, f'127.0.0.1:{port}', str(i)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  params, _ = sharded_init_worker.start(init)
+  want = sharded_init_worker.flat(params)
+  got = np.load(out)
+  assert sorted(got.files) == sorted(want)
+  for name, value in want.items():
+    np.testing.assert_array_equal(got[name], value, err_msg=name)
+  # And they are the checkpoint's: a loaded weight, not a fresh one.
+  source = weights.open_weights(init)
+  np.testing.assert_array_equal(
+      want["['bert']['layers'][1]['output']['bias']"],
+      source.tensors['bert.encoder.layer.1.output.dense.bias'])
+
+
+def test_a_hugging_face_init_on_gcs_is_placed_like_a_local_one(gcs_bucket, tmp_path,  # noqa: F811
+                                                               monkeypatch):
+  """An `init` on gs://: its model.safetensors is staged to the host's disk, then
+  placed slice by slice like a local directory's (no read through the host params)."""
+  from etils import epath
+  local = tiny_hf_dir(tmp_path / 'hf')
+  remote = f'{gcs_bucket}/hf-{os.getpid()}'
+  for path in epath.Path(local).iterdir():
+    (epath.Path(remote) / path.name).write_bytes(path.read_bytes())
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))  # the staged copy
+  monkeypatch.setattr(weights, 'open_weights', lambda *a, **k: pytest.fail('read on host'))
+  cfg, _ = hf.read_hf_config(local)
+  mesh = sharding.make_mesh(config_lib.ConfigDict(dict(data=1, fsdp=8, tensor=1)))
+  with sharding.activate(mesh, sharding.DEFAULT_RULES):
+    shardings = nnx.to_pure_dict(sharding.param_shardings(nnx.state(nnx.eval_shape(
+        lambda: heads.build('pretraining', cfg, rngs=nnx.Rngs(0)))), mesh,
+        sharding.DEFAULT_RULES))
+  fresh = jax.device_put(weights.initial_params('pretraining', cfg), shardings)
+  want = init_weights.initial_params(local, fresh, 'pretraining')
+  got = init_weights.initial_params(remote, fresh, 'pretraining')
+  for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    assert g.sharding == w.sharding
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_a_hugging_face_init_without_safetensors_is_one_line(tmp_path):
+  init = tiny_hf_dir(tmp_path / 'hf')
+  os.replace(tmp_path / 'hf' / 'model.safetensors', tmp_path / 'hf' / 'pytorch_model.bin')
+  with pytest.raises(UserError, match='holds only pytorch_model.bin'):
+    init_weights.initial_params(init, {}, 'pretraining')
+
+
+def test_a_student_starts_from_its_teacher_on_the_step_s_shardings(tmp_path):
+  """distill.init_from_teacher on fsdp=8: the student's params are copied on the
+  devices into the step's shardings (not the teacher's buffers), equal to the
+  teacher layers picked on the host."""
+  from bertjax import distill
+  teacher_dir = tiny_hf_dir(tmp_path / 'teacher', layers=3)
+  config = config_lib.apply_overrides(
+      config_lib.load_config(os.path.join(ROOT, 'experiments', 'quickstart.py') + ':local'),
+      [f'init={teacher_dir}', 'mesh.fsdp=8'])
+  init_weights.adopt_architecture(config)  # the teacher's widths...
+  config.model.num_layers = 2  # ...and fewer layers
+  config.init = ''
+  model_cfg = config_lib.model_config(config, weights.open_tokenizer(teacher_dir).vocab_size)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules_from_config(config.mesh)
+  fns = steps.build(config, model_cfg, mesh, rules)
+  teacher = distill.open_teacher(teacher_dir, model_cfg, mesh, rules)
+  params = distill.student_from_teacher(teacher, fns.abstract_state['params'])
+  host = jax.device_get(teacher.params)
+  want = dict(host, bert=dict(host['bert'], layers={0: host['bert']['layers'][0],
+                                                    1: host['bert']['layers'][2]}))
+  flat_target = jax.tree_util.tree_leaves_with_path(fns.state_sharding['params'])
+  got, expected = jax.tree.leaves(params), jax.tree.leaves(want)
+  assert len(got) == len(expected) == len(flat_target)
+  sharded = 0
+  for (path, target), g, w in zip(flat_target, got, expected):
+    assert g.sharding == target, path
+    sharded += not g.sharding.is_fully_replicated
+    np.testing.assert_array_equal(np.asarray(g), w, err_msg=str(path))
+  assert sharded > len(got) // 2
+  # The train step donates the student's state; the teacher's weights stay.
+  jax.block_until_ready(fns.init_from_params(params))
+  jax.jit(lambda p: jax.tree.map(lambda x: x + 1, p), donate_argnums=0)(params)
+  assert not any(x.is_deleted() for x in jax.tree.leaves(teacher.params))

@@ -2,6 +2,7 @@
 weight is named, and only heads a checkpoint never had are initialised."""
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ import bertjax
 from bertjax import hf, weights
 from bertjax.cli import main
 from bertjax.errors import UserError
+from bertjax.models import heads
 
 WORDS = ['the', 'a', 'city', 'river', 'paris', 'france', 'is', 'in', 'of', '.', ',']
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -140,3 +142,31 @@ def test_classifier_of_another_label_count_is_refused(tmp_path):
       'question_answering')
   assert initialised == ['qa_outputs.bias', 'qa_outputs.weight']
   assert hf.read_hf_config(str(src))[0].num_layers == 2
+
+
+@pytest.mark.parametrize('kind', sorted(heads.KINDS))
+def test_the_head_kind_table_names_every_weight_of_its_module(kind):
+  """heads.KINDS is what every module reads about a kind: its names map the module's
+  params one to one, its class is a `transformers` class, its groups cover its head."""
+  from flax import nnx
+  from bertjax import hf_weights
+  from bertjax.models.bert import BertConfig
+  head = heads.KINDS[kind]
+  cfg = BertConfig(vocab_size=20, num_layers=2, hidden_size=8, num_heads=2, intermediate_size=16)
+  params = weights.abstract_params(kind, cfg)
+  rooted = {'bert': params} if kind == 'encoder' else params
+  ours = {hf_weights.path_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(rooted)}
+  names = hf_weights.name_map(kind, 2)
+  assert sorted(p for _, p, _ in names) == sorted(ours)
+  assert hasattr(transformers, head.hf_class)
+  assert isinstance(heads.build(kind, cfg, rngs=nnx.Rngs(0)), head.module)
+  outside_encoder = [n for n, _, _ in names if not n.startswith(('bert.', 'embeddings.',
+                                                                 'encoder.', 'pooler.'))]
+  assert all(n.startswith(head.hf_prefixes) for n in outside_encoder)
+  assert head.labels_weight is None or head.labels_weight in {n for n, _, _ in names}
+
+
+def test_every_task_builds_a_kind_of_the_table():
+  from bertjax.tasks import registry
+  for task in registry.TASKS:
+    assert registry.task_module(task).MODEL_KIND in heads.KINDS, task

@@ -3,12 +3,16 @@ span boundary (SBO, optional in pre-training), and the task heads (sequence clas
 
 Each model is `bert` plus a head; `head(x_BLD, pooled_BD, ...)` applies the head to
 encoder outputs, so callers that also want the hidden states run the encoder once.
-Module and parameter names follow `transformers`' classes (see hf_weights.py).
+Module and parameter names follow `transformers`' classes; KINDS, the one table of
+head kinds, says which class each model is and how its head's weights are named
+there (hf_weights.py maps them).
 
 The MLM head runs only at the `positions_BP` chosen by masking: P is a fixed
 max_predictions, so shapes stay static and the V-wide matmul costs P, not L, rows.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax.numpy as jnp
 from flax import nnx
@@ -174,20 +178,66 @@ class BertForQuestionAnswering(nnx.Module):
                                 rngs=rngs))
 
 
+@dataclasses.dataclass(frozen=True)
+class HeadKind:
+  """One head kind: its module and how `transformers` names it. Every module that
+  treats kinds differently (weight names, checkpoint classes, label counts, the
+  head weights an import may lack) reads this, so a new kind is one entry in KINDS.
+
+  `hf_weights` lists the head's weights outside the encoder as (how, transformers
+  name, our path): how is 'dense' (weight + bias), 'layer_norm' (weight + bias) or
+  'vocab' (one tensor whose first axis is the padded vocabulary).
+  """
+  name: str
+  module: type                          # built as module(cfg, [num_labels,] rngs=...)
+  hf_class: str                         # the `transformers` class of its checkpoints
+  pooler: bool                          # whether its encoder has the pooler
+  hf_weights: tuple = ()
+  # The head's weight groups (`transformers` name prefixes): a checkpoint has each
+  # whole or not at all.
+  hf_prefixes: tuple[str, ...] = ()
+  # The `transformers` weight whose rows are the labels; None: no label count (the
+  # module then takes no num_labels or classifier_dropout).
+  labels_weight: str | None = None
+
+  @property
+  def labelled(self) -> bool:
+    return self.labels_weight is not None
+
+
+KINDS = {k.name: k for k in (
+    HeadKind('encoder', BertModel, 'BertModel', pooler=True),
+    HeadKind('pretraining', BertForPreTraining, 'BertForPreTraining', pooler=True,
+             hf_weights=(('dense', 'cls.predictions.transform.dense', ('mlm', 'transform')),
+                         ('layer_norm', 'cls.predictions.transform.LayerNorm',
+                          ('mlm', 'layer_norm')),
+                         ('vocab', 'cls.predictions.bias', ('mlm', 'bias')),
+                         ('dense', 'cls.seq_relationship', ('nsp',))),
+             hf_prefixes=('cls.predictions.', 'cls.seq_relationship.')),
+    HeadKind('sequence_classification', BertForSequenceClassification,
+             'BertForSequenceClassification', pooler=True,
+             hf_weights=(('dense', 'classifier', ('classifier',)),),
+             hf_prefixes=('classifier.',), labels_weight='classifier.weight'),
+    HeadKind('token_classification', BertForTokenClassification, 'BertForTokenClassification',
+             pooler=False, hf_weights=(('dense', 'classifier', ('classifier',)),),
+             hf_prefixes=('classifier.',), labels_weight='classifier.weight'),
+    HeadKind('question_answering', BertForQuestionAnswering, 'BertForQuestionAnswering',
+             pooler=False, hf_weights=(('dense', 'qa_outputs', ('qa_outputs',)),),
+             hf_prefixes=('qa_outputs.',)),
+)}
+
+
+def kind_of(name: str) -> HeadKind:
+  if name not in KINDS:
+    raise ValueError(f'unknown model kind {name!r}; the kinds are {sorted(KINDS)}')
+  return KINDS[name]
+
+
 def build(kind: str, cfg: BertConfig, *, num_labels: int = 2, rngs: nnx.Rngs,
           classifier_dropout: float | None = None):
-  """A model by head kind (the keys of hf_weights.HF_CLASSES). `classifier_dropout`
-  (None: the encoder's dropout_rate) is the classification heads' dropout."""
-  if kind == 'encoder':
-    return BertModel(cfg, rngs=rngs)
-  if kind == 'pretraining':
-    return BertForPreTraining(cfg, rngs=rngs)
-  if kind == 'sequence_classification':
-    return BertForSequenceClassification(cfg, num_labels, rngs=rngs,
-                                         classifier_dropout=classifier_dropout)
-  if kind == 'token_classification':
-    return BertForTokenClassification(cfg, num_labels, rngs=rngs,
-                                      classifier_dropout=classifier_dropout)
-  if kind == 'question_answering':
-    return BertForQuestionAnswering(cfg, rngs=rngs)
-  raise ValueError(f'unknown model kind {kind!r}')
+  """A model by head kind (a key of KINDS). `classifier_dropout` (None: the encoder's
+  dropout_rate) is the labelled heads' dropout."""
+  head = kind_of(kind)
+  if head.labelled:
+    return head.module(cfg, num_labels, rngs=rngs, classifier_dropout=classifier_dropout)
+  return head.module(cfg, rngs=rngs)
