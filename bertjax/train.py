@@ -66,8 +66,9 @@ def _train(config, workdir: str, profile: bool) -> dict[str, float]:
       fresh = fns.init(jax.random.key(config.seed))['params']
       return fns.init_from_params(init_weights.initial_params(config.init, fresh, 'pretraining'))
     if teacher and config.distill.init_from_teacher:
-      fresh = jax.device_get(fns.init(jax.random.key(config.seed))['params'])
-      return fns.init_from_params(distill.student_from_teacher(teacher, fresh))
+      # Only the student's shapes are needed: its weights all come from the teacher.
+      return fns.init_from_params(
+          distill.student_from_teacher(teacher, fns.abstract_state['params']))
     return fns.init(jax.random.key(config.seed))
 
   state, start = loop.restore_or_start(mngr, fns.abstract_state, start_fresh, workdir, train_iter)
