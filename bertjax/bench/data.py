@@ -5,8 +5,8 @@
 Times the pipeline's own per-batch work on a corpus from `bertjax data prepare`:
 gather a global batch of instances (read from the corpus's stored array_record
 instances when they were built with these settings, else built in memory first,
-untimed), mask it row by row (`pipeline.ProcessRows`, the class a run maps), and put
-it on the device. Batches are drawn one after another in the calling thread, with the
+untimed), mask it (`pipeline.train_batches`, the dataset a run iterates), and put it
+on the device. Batches are drawn one after another in the calling thread, with the
 process pinned to one core (`os.sched_setaffinity`), so the figure is per core: a run
 with `data.workers` processes has about that many times as much. The masking kinds
 are those `data/masking.py` knows. Each kind is measured without and with packing;
@@ -22,7 +22,6 @@ import os
 import tempfile
 import time
 
-import grain
 import jax
 import numpy as np
 from bertjax import config_lib
@@ -66,11 +65,8 @@ def _rows(data_cfg, workdir: str):
 
 
 def _time_batches(rows, tok, data_cfg, *, batch: int, batches: int) -> dict:
-  dataset = (grain.MapDataset.range(len(rows)).shuffle(seed=0).repeat(None)
-             .batch(batch, drop_remainder=True)
-             .map_with_index(pipeline.ProcessRows(rows, tok, data_cfg.masking, seed=0,
-                                                  local_batch=batch, global_batch=batch,
-                                                  dupe_factor=0)))
+  dataset = pipeline.train_batches(rows, tok, data_cfg.masking, seed=0, batch_size=batch,
+                                   dupe_factor=0)
   jax.block_until_ready(jax.device_put(dataset[0]))  # warm-up: first reads, allocations
   real = 0
   start = time.perf_counter()

@@ -1,14 +1,18 @@
 """The pre-training input pipeline: corpus -> tokenizer -> instances -> masked batches.
 
-grain does the ordering: each process takes its own slice of the instances, shuffles
-it per epoch from the seed, batches, and masks each batch with an RNG derived from
-(seed, batch index), so masks are fresh every epoch (dynamic masking) and a restored
-iterator replays exactly the batches an uninterrupted run would have seen.
+grain does the ordering: the instances are shuffled per epoch from the seed and
+repeated, and global batch b holds positions b * batch_size ... (b + 1) * batch_size - 1
+of that order. grain's shuffle is random access, so each process looks up only its own
+rows' positions (its input work is its own share, whatever the process count), then
+reads and masks them with RNGs derived from (seed, batch index, row), so masks are
+fresh every epoch (dynamic masking) and a restored iterator replays exactly the
+batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import grain
 import jax
@@ -90,8 +94,32 @@ EVAL_STREAM = 2**64 - 1  # the batch index the held-out masks are drawn under
 STATIC_STREAM = 2**63  # static masks: copy c is drawn under STATIC_STREAM + c
 
 
+def instance_order(num_instances: int, seed: int) -> grain.MapDataset:
+  """Training position -> instance index: a fresh permutation of the instances each
+  epoch, repeated forever; any position is looked up in O(1)."""
+  return grain.MapDataset.range(num_instances).shuffle(seed=seed).repeat(None)
+
+
+class HostIndices(grain.transforms.Map):
+  """Global batch index -> the instance indices of this process's rows of that batch.
+
+  Row i of the process's share sits at global position
+  batch * global_batch + first_row + i of `order`; only those local_batch positions
+  are looked up, so no host builds the whole global batch.
+  """
+
+  def __init__(self, order, *, global_batch: int, local_batch: int, first_row: int):
+    self.order, self.global_batch = order, global_batch
+    self.local_batch, self.first_row = local_batch, first_row
+
+  def map(self, batch_index: int) -> np.ndarray:
+    start = batch_index * self.global_batch + self.first_row
+    return np.fromiter((self.order[p] for p in range(start, start + self.local_batch)),
+                       np.int64, self.local_batch)
+
+
 class ProcessRows(grain.transforms.MapWithIndex):
-  """Global batch of instance indices -> this process's rows, gathered and masked.
+  """(global batch index, this process's instance indices) -> its rows, read and masked.
 
   Dynamic masking (dupe_factor 0): each row's RNG is seeded by (seed, global batch,
   row), a fresh mask every time. Static masking (dupe_factor k, BERT's original):
@@ -110,14 +138,32 @@ class ProcessRows(grain.transforms.MapWithIndex):
 
   def map_with_index(self, batch_index: int, indices):
     rows = np.arange(self.first_row, self.first_row + self.local_batch)
-    batch = self.table.rows(indices[rows])
+    batch = self.table.rows(indices)
     if self.dupe_factor:
       epochs = (batch_index * self.global_batch + rows) // self.num_instances
       rngs = [row_generator(self.seed, STATIC_STREAM + int(e) % self.dupe_factor, i)
-              for e, i in zip(epochs, indices[rows])]
+              for e, i in zip(epochs, indices)]
     else:
       rngs = [row_generator(self.seed, batch_index, r) for r in rows]
     return mask_rows(batch, self.tok, self.cfg, rngs)
+
+
+def train_batches(rows, tok, masking_cfg, *, seed: int, batch_size: int,
+                  dupe_factor: int) -> grain.MapDataset:
+  """This process's share of every global batch of `batch_size`, masked.
+
+  As many batches as `.batch(batch_size)` of the repeated order made (its length),
+  so iterator states saved by runs that built whole global batches still restore.
+  """
+  local_batch = batch_size // jax.process_count()
+  first_row = jax.process_index() * local_batch
+  order = instance_order(len(rows), seed)
+  return (grain.MapDataset.range(sys.maxsize // batch_size)
+          .map(HostIndices(order, global_batch=batch_size, local_batch=local_batch,
+                           first_row=first_row))
+          .map_with_index(ProcessRows(rows, tok, masking_cfg, seed=seed,
+                                      local_batch=local_batch, global_batch=batch_size,
+                                      dupe_factor=dupe_factor)))
 
 
 def row_generator(seed: int, batch_index: int, row: int) -> np.random.Generator:
@@ -198,13 +244,8 @@ def build(data_cfg, *, batch_size: int, eval_batches: int, seed: int,
     raise UserError(f'the corpus yields {num_train} training sequences, fewer than one '
                     f'batch of {batch_size}; lower --config.train.batch_size or add text')
 
-  train = (grain.MapDataset.range(num_train)
-           .shuffle(seed=seed)
-           .repeat(None)
-           .batch(batch_size, drop_remainder=True)
-           .map_with_index(ProcessRows(train_rows, tok, data_cfg.masking, seed=seed,
-                                       local_batch=local_batch, global_batch=batch_size,
-                                       dupe_factor=data_cfg.masking.dupe_factor)))
+  train = train_batches(train_rows, tok, data_cfg.masking, seed=seed, batch_size=batch_size,
+                        dupe_factor=data_cfg.masking.dupe_factor)
 
   # One fixed mask (own seed per row) for every evaluation, so evals compare.
   n_eval = len(eval_rows)
