@@ -35,6 +35,7 @@ import math
 
 import numpy as np
 
+from bertjax.data import philox_rows
 from bertjax.errors import UserError
 
 KINDS = ('token', 'whole_word', 'span', 'ngram', 'pmi')
@@ -52,28 +53,9 @@ def predictions_needed(rate: float, seq_len: int) -> int:
   return int(np.rint(max(seq_len - 2, 1) * rate))
 
 
-class RowGenerators:
-  """One generator per row, drawn from like a batch generator.
-
-  Row i's draws come from its own generator only, so a row is masked the same way
-  whichever batch, process or batch size it lands in (the pipeline seeds each with
-  the row's global position). `mask` draws only (batch, n)-shaped arrays.
-  """
-
-  def __init__(self, generators):
-    self.generators = list(generators)
-
-  def random(self, size):
-    return np.stack([g.random(size[1]) for g in self.generators])
-
-  def integers(self, low, high, size):
-    return np.stack([g.integers(low, high, size=size[1]) for g in self.generators])
-
-
 def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
-         max_predictions: int, rng: np.random.Generator | RowGenerators, vocab_size: int,
-         mask_id: int,
-         random_ids=None, span_p: float = 0.2, max_span: int = 10, max_ngram: int = 3,
+         max_predictions: int, rng: np.random.Generator | philox_rows.PhiloxRows,
+         vocab_size: int, mask_id: int, random_ids=None, span_p: float = 0.2, max_span: int = 10, max_ngram: int = 3,
          mask_prob: float = 0.8, random_prob: float = 0.1, ngram_vocab=None):
   """Masks a batch; returns dict(input_ids BL, positions BP, targets BP, weights BP).
 
@@ -84,6 +66,9 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
   kind='span' adds span_left, span_right (the unmasked boundary positions around
   each target's span, for SpanBERT's span-boundary objective) and span_offset (the
   target's 0-based place in its span), all (B, P) int32 and 0 on padding.
+  `rng` makes only (batch, n)-shaped draws, each row's `max_words`/length-sized
+  whatever its batch-mates hold, so with one stream a row (PhiloxRows) a row is
+  masked the same way in any batch.
   """
   _check_options(kind, rate, span_p, max_span, max_ngram, mask_prob, random_prob)
   if kind == 'pmi' and ngram_vocab is None:

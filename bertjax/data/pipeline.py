@@ -18,8 +18,8 @@ import grain
 import jax
 import numpy as np
 
-from bertjax.data import (corpus, derived_tokenizer, instance_store, instances, masking, pmi,
-                          prepared, tokenizer as tokenizer_lib)
+from bertjax.data import (corpus, derived_tokenizer, instance_store, instances, masking,
+                          philox_rows, pmi, prepared, tokenizer as tokenizer_lib)
 from bertjax.data.splits import split_indices
 from bertjax.errors import UserError
 
@@ -141,11 +141,11 @@ class ProcessRows(grain.transforms.MapWithIndex):
     batch = self.table.rows(indices)
     if self.dupe_factor:
       epochs = (batch_index * self.global_batch + rows) // self.num_instances
-      rngs = [row_generator(self.seed, STATIC_STREAM + int(e) % self.dupe_factor, i)
-              for e, i in zip(epochs, indices)]
+      keys = [row_key(self.seed, STATIC_STREAM + int(e) % self.dupe_factor, i)
+              for e, i in zip(epochs.tolist(), np.asarray(indices).tolist())]
     else:
-      rngs = [row_generator(self.seed, batch_index, r) for r in rows]
-    return mask_rows(batch, self.tok, self.cfg, rngs)
+      keys = [row_key(self.seed, batch_index, r) for r in rows.tolist()]
+    return mask_rows(batch, self.tok, self.cfg, philox_rows.PhiloxRows(keys))
 
 
 def train_batches(rows, tok, masking_cfg, *, seed: int, batch_size: int,
@@ -166,15 +166,15 @@ def train_batches(rows, tok, masking_cfg, *, seed: int, batch_size: int,
                                       dupe_factor=dupe_factor)))
 
 
-def row_generator(seed: int, batch_index: int, row: int) -> np.random.Generator:
-  """An independent stream per (seed, batch, row): Philox keyed by the three (cheap
-  to create, unlike a seeded PCG64, which matters at hundreds of rows a batch)."""
-  return np.random.Generator(np.random.Philox(
-      key=(int(seed) % 2**32) << 96 | (int(batch_index) % 2**64) << 32 | int(row) % 2**32))
+def row_key(seed: int, batch_index: int, row: int) -> int:
+  """The Philox key of row `row`'s stream in batch `batch_index`: an independent
+  stream per (seed, batch, row), `np.random.Generator(np.random.Philox(key=...))`,
+  drawn for a whole batch at once by philox_rows.PhiloxRows."""
+  return (int(seed) % 2**32) << 96 | (int(batch_index) % 2**64) << 32 | int(row) % 2**32
 
 
-def mask_rows(batch, tok, masking_cfg, rngs):
-  """Masks the batch, each row with its own RNG; adds mlm_positions/targets/weights,
+def mask_rows(batch, tok, masking_cfg, rng: philox_rows.PhiloxRows):
+  """Masks the batch, each row with its own stream of `rng`; adds mlm_positions/targets/weights,
   and for span masking the span-boundary targets of SpanBERT's SBO: sbo_left,
   sbo_right (the unmasked positions around each prediction's span) and sbo_offset
   (its 0-based place in the span), (B, P) like the MLM keys."""
@@ -185,7 +185,7 @@ def mask_rows(batch, tok, masking_cfg, rngs):
   masked = masking.mask(ids, tok.word_start_V[ids], tok.special_V[ids],
                         kind=masking_cfg.kind, rate=masking_cfg.rate,
                         max_predictions=masking_cfg.max_predictions,
-                        rng=masking.RowGenerators(rngs), vocab_size=tok.vocab_size,
+                        rng=rng, vocab_size=tok.vocab_size,
                         mask_id=tok.mask_id, random_ids=np.flatnonzero(~tok.special_V),
                         mask_prob=masking_cfg.mask_prob, random_prob=masking_cfg.random_prob,
                         ngram_vocab=ngram_vocab)
@@ -256,6 +256,6 @@ def build(data_cfg, *, batch_size: int, eval_batches: int, seed: int,
   eval_batches = []
   for b in range(num_eval_batches):
     rows = b * batch_size + jax.process_index() * local_batch + np.arange(local_batch)
-    rngs = [row_generator(seed, EVAL_STREAM, r) for r in rows]
-    eval_batches.append(mask_rows(eval_rows.rows(rows), tok, data_cfg.masking, rngs))
+    rng = philox_rows.PhiloxRows([row_key(seed, EVAL_STREAM, r) for r in rows.tolist()])
+    eval_batches.append(mask_rows(eval_rows.rows(rows), tok, data_cfg.masking, rng))
   return PretrainData(tok, train, eval_batches, num_train, most_frequent)
