@@ -383,3 +383,27 @@ def test_philox_rows_are_numpys_philox_streams(draws):
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got, want, err_msg=f'{method}{args}')
   assert bool(rows.diverged) == (len(draws) > 3)  # the replay path ran where it should
+
+
+class _CoarseUniforms:
+  """Uniforms on a grid of eighths: ties everywhere, to pin how they are broken."""
+
+  def __init__(self, seed):
+    self.rng = np.random.default_rng(seed)
+
+  def random(self, size):
+    return self.rng.integers(0, 8, size) / 8
+
+
+def test_token_choice_is_the_k_smallest_scores_ties_to_the_earlier_position():
+  candidate = np.random.default_rng(0).random((64, 40)) < 0.8
+  candidate[0] = False  # a row with nothing to choose
+  k = np.where(candidate.sum(1) > 0, np.random.default_rng(1).integers(1, 12, 64), 0)
+  k = np.minimum(k, candidate.sum(1))
+  chosen = masking._choose_tokens(candidate, k, 12, _CoarseUniforms(2))
+  scores = np.where(candidate, _CoarseUniforms(2).random(candidate.shape), 2.0)
+  order = np.argsort(scores, axis=1, kind='stable')  # the definition: a stable sort
+  want = np.zeros_like(candidate)
+  for row in range(64):
+    want[row, order[row, :k[row]]] = True
+  np.testing.assert_array_equal(chosen, want)

@@ -94,9 +94,13 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
     chosen_BL = candidate_BL & np.take_along_axis(covered_BW, words.index_BL, 1)
 
   # The chosen positions, ascending, first; at most k <= p of them per row.
-  positions_BP = np.sort(np.where(chosen_BL, np.arange(length), length), axis=1)[:, :p]
-  chosen_BP = positions_BP < length
-  positions_BP = np.where(chosen_BP, positions_BP, 0).astype(np.int32)
+  # Each chosen position goes to the slot its rank in the row names (no sort).
+  r, c = np.nonzero(chosen_BL)
+  slot = (np.cumsum(chosen_BL, axis=1) - 1)[r, c]
+  kept = slot < p
+  positions_BP = np.zeros((batch, p), np.int32)
+  positions_BP[r[kept], slot[kept]] = c[kept]
+  chosen_BP = np.arange(p) < np.minimum(chosen_BL.sum(1), p)[:, None]
   rows_BP = np.arange(batch)[:, None]
   targets_BP = np.where(chosen_BP, ids_BL[rows_BP, positions_BP], 0).astype(np.int32)
   if kind == 'span':
@@ -144,14 +148,22 @@ def _check_options(kind, rate, span_p, max_span, max_ngram, mask_prob, random_pr
 
 
 def _choose_tokens(candidate_BL, k_B, p, rng):
-  """A uniformly random subset of size k: the k candidates with the smallest scores."""
+  """A uniformly random subset of size k: the k candidates with the smallest scores
+  (ties, which doubles make all but impossible, go to the earlier position)."""
+  del p  # k <= p already
   batch, length = candidate_BL.shape
   scores_BL = np.where(candidate_BL, rng.random((batch, length)), 2.0)
-  order_BP = np.argsort(scores_BL, axis=1, kind='stable')[:, :p]
-  r, c = np.nonzero(np.arange(p)[None, :] < k_B[:, None])
-  chosen_BL = np.zeros_like(candidate_BL)
-  chosen_BL[r, order_BP[r, c]] = True
-  return chosen_BL
+  # Each row's k-th smallest score by one partial sort (k varies by row: partition at
+  # the largest k, then sort only the scores in front of it).
+  most = int(k_B.max(initial=0))
+  if not most:
+    return np.zeros_like(candidate_BL)
+  smallest_BK = np.sort(np.partition(scores_BL, most - 1, axis=1)[:, :most], axis=1)
+  kth_B = smallest_BK[np.arange(batch), np.maximum(k_B - 1, 0)]
+  below_BL = (scores_BL < kth_B[:, None]) & (k_B > 0)[:, None]
+  tied_BL = scores_BL == kth_B[:, None]
+  room_B = np.where(k_B > 0, k_B - below_BL.sum(1), 0)
+  return below_BL | (tied_BL & (np.cumsum(tied_BL, axis=1) <= room_B[:, None]))
 
 
 class _Words:

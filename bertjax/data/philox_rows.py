@@ -22,19 +22,31 @@ _32 = np.uint64(32)
 _ROUNDS = 10
 
 
+_CHUNK = 16384  # elements a pass: big enough to amortise numpy's calls, small enough for cache
+
+
 def _mulhilo(a, b):
-  """(high, low) 64-bit halves of the 128-bit products a * b (b a scalar)."""
+  """(high, low) 64-bit halves of the 128-bit products a * b (b a scalar), by 32-bit
+  halves as Hacker's Delight's mulhu does (no partial sum overflows 64 bits)."""
   a_lo, a_hi = a & _LOW32, a >> _32
   b_lo, b_hi = b & _LOW32, b >> _32
-  lo_lo, lo_hi, hi_lo = a_lo * b_lo, a_lo * b_hi, a_hi * b_lo
-  carry = ((lo_lo >> _32) + (lo_hi & _LOW32) + (hi_lo & _LOW32)) >> _32
-  return a_hi * b_hi + (lo_hi >> _32) + (hi_lo >> _32) + carry, a * b
+  t = a_hi * b_lo + ((a_lo * b_lo) >> _32)
+  w = (t & _LOW32) + a_lo * b_hi
+  return a_hi * b_hi + (t >> _32) + (w >> _32), a * b
 
 
 def philox4x64(key_lo, key_hi, counters):
   """Philox4x64-10 of counter words (c, 0, 0, 0) under keys (key_lo, key_hi):
   (rows, len(counters) * 4) uint64, each block's four words in order."""
-  c0 = np.broadcast_to(np.asarray(counters, np.uint64), (len(key_lo), len(counters))).copy()
+  counters = np.asarray(counters, np.uint64)
+  step = max(1, _CHUNK // max(len(key_lo), 1))
+  return np.concatenate([_philox4x64(key_lo, key_hi, counters[i:i + step])
+                         for i in range(0, len(counters), step)] or
+                        [np.zeros((len(key_lo), 0), np.uint64)], axis=1)
+
+
+def _philox4x64(key_lo, key_hi, counters):
+  c0 = np.broadcast_to(counters, (len(key_lo), len(counters))).copy()
   c1 = np.zeros_like(c0)
   c2 = np.zeros_like(c0)
   c3 = np.zeros_like(c0)
