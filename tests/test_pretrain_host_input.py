@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bertjax import config_lib
-from bertjax.data import pipeline
+from bertjax.data import instance_order, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOSTS, BATCH, SEED = 4, 16, 3
@@ -24,9 +24,9 @@ class CountingOrder:
   def __init__(self, order, looked_up):
     self.order, self.looked_up = order, looked_up
 
-  def __getitem__(self, position):
-    self.looked_up.append(position)
-    return self.order[position]
+  def __getitem__(self, positions):
+    self.looked_up.extend(np.asarray(positions).tolist())
+    return self.order[positions]
 
 
 class CountingRows:
@@ -113,3 +113,16 @@ def test_batches_hold_the_instances_they_always_did(monkeypatch, corpus):
     reads.clear()
     dataset[b]
     assert reads == [old[b].tolist()]
+
+
+@pytest.mark.parametrize('num_rows,seed', [(16385, 4), (65536, 9), (65537, 2**32 - 2),
+                                           (2**20 + 3, 11), (1000, 3)])
+def test_the_vectorised_order_is_grains_shuffle(num_rows, seed):
+  """Every size the cipher's block takes, both sides of a power of two, seeds that
+  wrap past 2**32 with the epoch, and a corpus small enough to ask grain itself."""
+  grains = grain.MapDataset.range(num_rows).shuffle(seed=seed).repeat(None)
+  order = instance_order.InstanceOrder(num_rows, seed)
+  assert order.vectorised == (num_rows > 2**14)
+  positions = np.concatenate([np.arange(300), np.arange(num_rows - 150, num_rows + 150),
+                              np.arange(5 * num_rows - 7, 5 * num_rows + 50)])
+  np.testing.assert_array_equal(order[positions], [grains[p] for p in positions.tolist()])

@@ -18,8 +18,9 @@ import grain
 import jax
 import numpy as np
 
-from bertjax.data import (corpus, derived_tokenizer, instance_store, instances, masking,
-                          philox_rows, pmi, prepared, tokenizer as tokenizer_lib)
+from bertjax.data import (corpus, derived_tokenizer, instance_order as instance_order_lib,
+                          instance_store, instances, masking, philox_rows, pmi, prepared,
+                          tokenizer as tokenizer_lib)
 from bertjax.data.splits import split_indices
 from bertjax.errors import UserError
 
@@ -94,10 +95,11 @@ EVAL_STREAM = 2**64 - 1  # the batch index the held-out masks are drawn under
 STATIC_STREAM = 2**63  # static masks: copy c is drawn under STATIC_STREAM + c
 
 
-def instance_order(num_instances: int, seed: int) -> grain.MapDataset:
+def instance_order(num_instances: int, seed: int) -> instance_order_lib.InstanceOrder:
   """Training position -> instance index: a fresh permutation of the instances each
-  epoch, repeated forever; any position is looked up in O(1)."""
-  return grain.MapDataset.range(num_instances).shuffle(seed=seed).repeat(None)
+  epoch, repeated forever, `range(n).shuffle(seed).repeat(None)` as grain orders it;
+  any positions are looked up without the rest."""
+  return instance_order_lib.InstanceOrder(num_instances, seed)
 
 
 class HostIndices(grain.transforms.Map):
@@ -114,8 +116,7 @@ class HostIndices(grain.transforms.Map):
 
   def map(self, batch_index: int) -> np.ndarray:
     start = batch_index * self.global_batch + self.first_row
-    return np.fromiter((self.order[p] for p in range(start, start + self.local_batch)),
-                       np.int64, self.local_batch)
+    return self.order[np.arange(start, start + self.local_batch)]
 
 
 class ProcessRows(grain.transforms.MapWithIndex):
