@@ -65,9 +65,10 @@ class InstanceSource:
   def _reader(self, shard: int):
     with self._lock:
       if self._readers[shard] is None:
+        # Rows are read at random, each a few hundred bytes compressed: no read-ahead,
+        # and a small buffer reads little beyond the row.
         self._readers[shard] = array_record_module.ArrayRecordReader(
-            self.paths[shard], options='readahead_buffer_size:0',
-            file_reader_buffer_size=32768)
+            self.paths[shard], options='readahead_buffer_size:0', file_reader_buffer_size=4096)
       return self._readers[shard]
 
   def rows(self, indices) -> dict[str, np.ndarray]:
