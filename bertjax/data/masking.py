@@ -55,8 +55,9 @@ def predictions_needed(rate: float, seq_len: int) -> int:
 
 def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
          max_predictions: int, rng: np.random.Generator | philox_rows.PhiloxRows,
-         vocab_size: int, mask_id: int, random_ids=None, span_p: float = 0.2, max_span: int = 10, max_ngram: int = 3,
-         mask_prob: float = 0.8, random_prob: float = 0.1, ngram_vocab=None):
+         vocab_size: int, mask_id: int, random_ids=None, span_p: float = 0.2,
+         max_span: int = 10, max_ngram: int = 3, mask_prob: float = 0.8,
+         random_prob: float = 0.1, ngram_vocab=None):
   """Masks a batch; returns dict(input_ids BL, positions BP, targets BP, weights BP).
 
   `word_start_BL` marks the first piece of each word (used by word-level kinds);
@@ -66,9 +67,9 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
   kind='span' adds span_left, span_right (the unmasked boundary positions around
   each target's span, for SpanBERT's span-boundary objective) and span_offset (the
   target's 0-based place in its span), all (B, P) int32 and 0 on padding.
-  `rng` makes only (batch, n)-shaped draws, each row's `max_words`/length-sized
-  whatever its batch-mates hold, so with one stream a row (PhiloxRows) a row is
-  masked the same way in any batch.
+  Every draw from `rng` is (batch, n)-shaped with n fixed by the row length, whatever
+  the batch holds, so with one stream a row (philox_rows.PhiloxRows) a row is masked
+  the same way in any batch.
   """
   _check_options(kind, rate, span_p, max_span, max_ngram, mask_prob, random_prob)
   if kind == 'pmi' and ngram_vocab is None:

@@ -1,8 +1,8 @@
 """The pre-training input pipeline: corpus -> tokenizer -> instances -> masked batches.
 
-grain does the ordering: the instances are shuffled per epoch from the seed and
-repeated, and global batch b holds positions b * batch_size ... (b + 1) * batch_size - 1
-of that order. grain's shuffle is random access, so each process looks up only its own
+The order is grain's: the instances shuffled per epoch from the seed and repeated;
+global batch b holds positions b * batch_size ... (b + 1) * batch_size - 1 of it. The
+order is random access (instance_order.py), so each process looks up only its own
 rows' positions (its input work is its own share, whatever the process count), then
 reads and masks them with RNGs derived from (seed, batch index, row), so masks are
 fresh every epoch (dynamic masking) and a restored iterator replays exactly the
@@ -175,8 +175,8 @@ def row_key(seed: int, batch_index: int, row: int) -> int:
 
 
 def mask_rows(batch, tok, masking_cfg, rng: philox_rows.PhiloxRows):
-  """Masks the batch, each row with its own stream of `rng`; adds mlm_positions/targets/weights,
-  and for span masking the span-boundary targets of SpanBERT's SBO: sbo_left,
+  """Masks the batch, each row with its own stream of `rng`; adds mlm_positions/
+  targets/weights, and for span masking the span-boundary targets of SpanBERT's SBO: sbo_left,
   sbo_right (the unmasked positions around each prediction's span) and sbo_offset
   (its 0-based place in the span), (B, P) like the MLM keys."""
   ids = batch['input_ids']
