@@ -28,18 +28,19 @@ def prepared(tmp_path_factory):
 
 def test_one_json_object_a_kind_with_padding_with_and_without_packing(prepared, capsys):
   before = os.sched_getaffinity(0)
-  assert main(['bench', 'data', '--corpus', prepared, '--kinds', 'token,span', '--seq_len',
+  assert main(['bench', 'data', '--corpus', prepared, '--kinds', 'token,span,pmi', '--seq_len',
                '64', '--batch', '8', '--steps', '2', '--json']) == 0
   assert os.sched_getaffinity(0) == before  # pinned to one core while measuring only
   rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-  assert [r['kind'] for r in rows] == ['token', 'span']
+  assert [r['kind'] for r in rows] == ['token', 'span', 'pmi']  # pmi builds its vocabulary
   for row in rows:
     assert row['tokens_per_second'] > row['real_tokens_per_second'] > 0
+    assert row['tokens_per_cpu_second'] > 0
     assert row['rows_from'] == 'stored instances (array_record)'
     assert row['packed']['rows_from'] == 'instances built in memory'
     # Packing fills rows that pairs of sentences leave part empty.
     assert row['packed']['padding_share'] < row['padding_share']
-  assert rows[0]['target'] == 1_000_000 and rows[1]['target'] == 500_000
+  assert [r['target'] for r in rows] == [1_000_000, 500_000, 500_000]
 
 
 def test_the_kinds_are_those_masking_knows(prepared, monkeypatch, capsys):

@@ -209,3 +209,30 @@ def test_pipeline_holds_out_by_the_one_rule():
   train, held_out = splits.split_indices(len(docs), 0.1, seed=3)
   assert pipeline._split_documents(docs, 0.1, 3) == (
       [docs[i] for i in train], [docs[i] for i in held_out])
+
+
+def test_stored_instances_read_across_shards_in_any_order_and_after_pickling(tmp_path,
+                                                                             monkeypatch):
+  import pickle
+  from bertjax.data import instance_store
+  rng = np.random.default_rng(0)
+  n, length = 50, 8
+  table = dict(input_ids=rng.integers(0, 300, (n, length), dtype=np.int32),
+               token_type_ids=rng.integers(0, 2, (n, length), dtype=np.int32),
+               attention_mask=rng.integers(0, 3, (n, length), dtype=np.int32),
+               position_ids=np.tile(np.arange(length, dtype=np.int32), (n, 1)),
+               nsp_labels=rng.integers(-1, 2, n, dtype=np.int32))
+  monkeypatch.setattr(instance_store, 'ROWS_PER_SHARD', 16)  # 4 shards
+  shards = instance_store.write(table, str(tmp_path), 'train')
+  assert len(shards) == 4
+  source = instance_store.InstanceSource(str(tmp_path), shards, length)
+  assert len(source) == n
+  indices = [49, 3, 17, 17, 0, 32, 31, 48]  # every shard, out of order, one twice
+  for reader in (source, pickle.loads(pickle.dumps(source))):  # as grain's workers get it
+    got = reader.rows(indices)
+    assert set(got) == set(table)
+    for key, value in table.items():
+      assert got[key].dtype == np.int32 and got[key].flags.c_contiguous
+      np.testing.assert_array_equal(got[key], value[indices], err_msg=key)
+  with pytest.raises(IndexError):
+    source.rows([n])

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from bertjax.data import corpus, masking, pmi, tokenizer as tokenizer_lib
+from bertjax.data import corpus, masking, philox_rows, pmi, tokenizer as tokenizer_lib
 from bertjax.data.wordpiece import WordPieceTokenizer
 from bertjax.errors import UserError
 
@@ -328,21 +328,82 @@ def test_rejects_unknown_kind_and_bad_options():
       call(**bad)
 
 
-def test_row_generators_mask_a_row_the_same_in_any_batch():
-  """The pipeline's per-row RNGs make a row's mask independent of its batch-mates."""
-  from bertjax.data.pipeline import row_generator
+def test_row_streams_mask_a_row_the_same_in_any_batch():
+  """The pipeline's per-row streams make a row's mask independent of its batch-mates,
+  and are numpy's Philox Generators keyed per row, bit for bit (what runs drew before
+  the streams were vectorised)."""
+  from bertjax.data.pipeline import row_key
   rng = np.random.default_rng(5)
   ids = rng.integers(5, 200, (6, 48))
   ids[:, 0], ids[:, -1] = 2, 3
   special = (ids == 2) | (ids == 3)
   word_start = rng.random(ids.shape) < 0.6
   vocab = pmi.NgramVocab([ids[r, 1:4] for r in range(6)] + [ids[2, 9:11]], pmi.MAX_N)
+  keys = [row_key(0, 7, r) for r in range(6)]
   for kind in masking.KINDS:
     kwargs = dict(kind=kind, rate=0.15, max_predictions=8, vocab_size=200, mask_id=4,
                   ngram_vocab=vocab)
-    whole = masking.mask(ids, word_start, special, **kwargs, rng=masking.RowGenerators(
-        [row_generator(0, 7, r) for r in range(6)]))
+    whole = masking.mask(ids, word_start, special, **kwargs, rng=philox_rows.PhiloxRows(keys))
     alone = masking.mask(ids[4:5], word_start[4:5], special[4:5], **kwargs,
-                         rng=masking.RowGenerators([row_generator(0, 7, 4)]))
-    for key in ('input_ids', 'positions', 'targets', 'weights'):
+                         rng=philox_rows.PhiloxRows(keys[4:5]))
+    generators = [np.random.Generator(np.random.Philox(key=k)) for k in keys]
+    by_generators = masking.mask(ids, word_start, special, **kwargs, rng=_RowGenerators(generators))
+    for key in whole:
       np.testing.assert_array_equal(whole[key][4:5], alone[key], err_msg=f'{kind} {key}')
+      np.testing.assert_array_equal(whole[key], by_generators[key], err_msg=f'{kind} {key}')
+
+
+class _RowGenerators:
+  """One numpy Generator a row, drawn from in turn: the reference PhiloxRows matches."""
+
+  def __init__(self, generators):
+    self.generators = generators
+
+  def random(self, size):
+    return np.stack([g.random(size[1]) for g in self.generators])
+
+  def integers(self, low, high, size):
+    return np.stack([g.integers(low, high, size=size[1]) for g in self.generators])
+
+
+@pytest.mark.parametrize('draws', [
+    [('random', (), 128), ('random', (), 19), ('integers', (0, 234), 19)],
+    # Odd counts keep half a word for the next 32-bit draw; a span of 3 * 2**30 rejects a
+    # quarter of the draws (numpy's Lemire method), moving those rows' streams.
+    [('random', (), 3), ('integers', (5, 3 * 2**30 + 5), 7), ('integers', (0, 2**32), 3),
+     ('random', (), 5), ('integers', (0, 1), 2), ('integers', (0, 99), 9), ('random', (), 1)]])
+def test_philox_rows_are_numpys_philox_streams(draws):
+  rng = np.random.default_rng(1)
+  keys = [int(k) for k in rng.integers(0, 2**63, 40)] + [0, 2**128 - 1, 2**96 + 2**64 + 7]
+  rows = philox_rows.PhiloxRows(keys)
+  generators = [np.random.Generator(np.random.Philox(key=k)) for k in keys]
+  for method, args, n in draws:
+    got = getattr(rows, method)(*args, size=(len(keys), n))
+    want = np.stack([getattr(g, method)(*args, size=n) for g in generators])
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want, err_msg=f'{method}{args}')
+  assert bool(rows.diverged) == (len(draws) > 3)  # the replay path ran where it should
+
+
+class _CoarseUniforms:
+  """Uniforms on a grid of eighths: ties everywhere, to pin how they are broken."""
+
+  def __init__(self, seed):
+    self.rng = np.random.default_rng(seed)
+
+  def random(self, size):
+    return self.rng.integers(0, 8, size) / 8
+
+
+def test_token_choice_is_the_k_smallest_scores_ties_to_the_earlier_position():
+  candidate = np.random.default_rng(0).random((64, 40)) < 0.8
+  candidate[0] = False  # a row with nothing to choose
+  k = np.where(candidate.sum(1) > 0, np.random.default_rng(1).integers(1, 12, 64), 0)
+  k = np.minimum(k, candidate.sum(1))
+  chosen = masking._choose_tokens(candidate, k, 12, _CoarseUniforms(2))
+  scores = np.where(candidate, _CoarseUniforms(2).random(candidate.shape), 2.0)
+  order = np.argsort(scores, axis=1, kind='stable')  # the definition: a stable sort
+  want = np.zeros_like(candidate)
+  for row in range(64):
+    want[row, order[row, :k[row]]] = True
+  np.testing.assert_array_equal(chosen, want)

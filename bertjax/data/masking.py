@@ -35,6 +35,7 @@ import math
 
 import numpy as np
 
+from bertjax.data import philox_rows
 from bertjax.errors import UserError
 
 KINDS = ('token', 'whole_word', 'span', 'ngram', 'pmi')
@@ -52,29 +53,11 @@ def predictions_needed(rate: float, seq_len: int) -> int:
   return int(np.rint(max(seq_len - 2, 1) * rate))
 
 
-class RowGenerators:
-  """One generator per row, drawn from like a batch generator.
-
-  Row i's draws come from its own generator only, so a row is masked the same way
-  whichever batch, process or batch size it lands in (the pipeline seeds each with
-  the row's global position). `mask` draws only (batch, n)-shaped arrays.
-  """
-
-  def __init__(self, generators):
-    self.generators = list(generators)
-
-  def random(self, size):
-    return np.stack([g.random(size[1]) for g in self.generators])
-
-  def integers(self, low, high, size):
-    return np.stack([g.integers(low, high, size=size[1]) for g in self.generators])
-
-
 def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
-         max_predictions: int, rng: np.random.Generator | RowGenerators, vocab_size: int,
-         mask_id: int,
-         random_ids=None, span_p: float = 0.2, max_span: int = 10, max_ngram: int = 3,
-         mask_prob: float = 0.8, random_prob: float = 0.1, ngram_vocab=None):
+         max_predictions: int, rng: np.random.Generator | philox_rows.PhiloxRows,
+         vocab_size: int, mask_id: int, random_ids=None, span_p: float = 0.2,
+         max_span: int = 10, max_ngram: int = 3, mask_prob: float = 0.8,
+         random_prob: float = 0.1, ngram_vocab=None):
   """Masks a batch; returns dict(input_ids BL, positions BP, targets BP, weights BP).
 
   `word_start_BL` marks the first piece of each word (used by word-level kinds);
@@ -84,6 +67,9 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
   kind='span' adds span_left, span_right (the unmasked boundary positions around
   each target's span, for SpanBERT's span-boundary objective) and span_offset (the
   target's 0-based place in its span), all (B, P) int32 and 0 on padding.
+  Every draw from `rng` is (batch, n)-shaped with n fixed by the row length, whatever
+  the batch holds, so with one stream a row (philox_rows.PhiloxRows) a row is masked
+  the same way in any batch.
   """
   _check_options(kind, rate, span_p, max_span, max_ngram, mask_prob, random_prob)
   if kind == 'pmi' and ngram_vocab is None:
@@ -109,9 +95,13 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
     chosen_BL = candidate_BL & np.take_along_axis(covered_BW, words.index_BL, 1)
 
   # The chosen positions, ascending, first; at most k <= p of them per row.
-  positions_BP = np.sort(np.where(chosen_BL, np.arange(length), length), axis=1)[:, :p]
-  chosen_BP = positions_BP < length
-  positions_BP = np.where(chosen_BP, positions_BP, 0).astype(np.int32)
+  # Each chosen position goes to the slot its rank in the row names (no sort).
+  r, c = np.nonzero(chosen_BL)
+  slot = (np.cumsum(chosen_BL, axis=1) - 1)[r, c]
+  kept = slot < p
+  positions_BP = np.zeros((batch, p), np.int32)
+  positions_BP[r[kept], slot[kept]] = c[kept]
+  chosen_BP = np.arange(p) < np.minimum(chosen_BL.sum(1), p)[:, None]
   rows_BP = np.arange(batch)[:, None]
   targets_BP = np.where(chosen_BP, ids_BL[rows_BP, positions_BP], 0).astype(np.int32)
   if kind == 'span':
@@ -159,14 +149,22 @@ def _check_options(kind, rate, span_p, max_span, max_ngram, mask_prob, random_pr
 
 
 def _choose_tokens(candidate_BL, k_B, p, rng):
-  """A uniformly random subset of size k: the k candidates with the smallest scores."""
+  """A uniformly random subset of size k: the k candidates with the smallest scores
+  (ties, which doubles make all but impossible, go to the earlier position)."""
+  del p  # k <= p already
   batch, length = candidate_BL.shape
   scores_BL = np.where(candidate_BL, rng.random((batch, length)), 2.0)
-  order_BP = np.argsort(scores_BL, axis=1, kind='stable')[:, :p]
-  r, c = np.nonzero(np.arange(p)[None, :] < k_B[:, None])
-  chosen_BL = np.zeros_like(candidate_BL)
-  chosen_BL[r, order_BP[r, c]] = True
-  return chosen_BL
+  # Each row's k-th smallest score by one partial sort (k varies by row: partition at
+  # the largest k, then sort only the scores in front of it).
+  most = int(k_B.max(initial=0))
+  if not most:
+    return np.zeros_like(candidate_BL)
+  smallest_BK = np.sort(np.partition(scores_BL, most - 1, axis=1)[:, :most], axis=1)
+  kth_B = smallest_BK[np.arange(batch), np.maximum(k_B - 1, 0)]
+  below_BL = (scores_BL < kth_B[:, None]) & (k_B > 0)[:, None]
+  tied_BL = scores_BL == kth_B[:, None]
+  room_B = np.where(k_B > 0, k_B - below_BL.sum(1), 0)
+  return below_BL | (tied_BL & (np.cumsum(tied_BL, axis=1) <= room_B[:, None]))
 
 
 class _Words:

@@ -1,21 +1,26 @@
 """The pre-training input pipeline: corpus -> tokenizer -> instances -> masked batches.
 
-grain does the ordering: each process takes its own slice of the instances, shuffles
-it per epoch from the seed, batches, and masks each batch with an RNG derived from
-(seed, batch index), so masks are fresh every epoch (dynamic masking) and a restored
-iterator replays exactly the batches an uninterrupted run would have seen.
+The order is grain's: the instances shuffled per epoch from the seed and repeated;
+global batch b holds positions b * batch_size ... (b + 1) * batch_size - 1 of it. The
+order is random access (instance_order.py), so each process looks up only its own
+rows' positions (its input work is its own share, whatever the process count), then
+reads and masks them with RNGs derived from (seed, batch index, row), so masks are
+fresh every epoch (dynamic masking) and a restored iterator replays exactly the
+batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import grain
 import jax
 import numpy as np
 
-from bertjax.data import (corpus, derived_tokenizer, instance_store, instances, masking, pmi,
-                          prepared, tokenizer as tokenizer_lib)
+from bertjax.data import (corpus, derived_tokenizer, instance_order as instance_order_lib,
+                          instance_store, instances, masking, philox_rows, pmi, prepared,
+                          tokenizer as tokenizer_lib)
 from bertjax.data.splits import split_indices
 from bertjax.errors import UserError
 
@@ -90,8 +95,32 @@ EVAL_STREAM = 2**64 - 1  # the batch index the held-out masks are drawn under
 STATIC_STREAM = 2**63  # static masks: copy c is drawn under STATIC_STREAM + c
 
 
+def instance_order(num_instances: int, seed: int) -> instance_order_lib.InstanceOrder:
+  """Training position -> instance index: a fresh permutation of the instances each
+  epoch, repeated forever, `range(n).shuffle(seed).repeat(None)` as grain orders it;
+  any positions are looked up without the rest."""
+  return instance_order_lib.InstanceOrder(num_instances, seed)
+
+
+class HostIndices(grain.transforms.Map):
+  """Global batch index -> the instance indices of this process's rows of that batch.
+
+  Row i of the process's share sits at global position
+  batch * global_batch + first_row + i of `order`; only those local_batch positions
+  are looked up, so no host builds the whole global batch.
+  """
+
+  def __init__(self, order, *, global_batch: int, local_batch: int, first_row: int):
+    self.order, self.global_batch = order, global_batch
+    self.local_batch, self.first_row = local_batch, first_row
+
+  def map(self, batch_index: int) -> np.ndarray:
+    start = batch_index * self.global_batch + self.first_row
+    return self.order[np.arange(start, start + self.local_batch)]
+
+
 class ProcessRows(grain.transforms.MapWithIndex):
-  """Global batch of instance indices -> this process's rows, gathered and masked.
+  """(global batch index, this process's instance indices) -> its rows, read and masked.
 
   Dynamic masking (dupe_factor 0): each row's RNG is seeded by (seed, global batch,
   row), a fresh mask every time. Static masking (dupe_factor k, BERT's original):
@@ -110,26 +139,44 @@ class ProcessRows(grain.transforms.MapWithIndex):
 
   def map_with_index(self, batch_index: int, indices):
     rows = np.arange(self.first_row, self.first_row + self.local_batch)
-    batch = self.table.rows(indices[rows])
+    batch = self.table.rows(indices)
     if self.dupe_factor:
       epochs = (batch_index * self.global_batch + rows) // self.num_instances
-      rngs = [row_generator(self.seed, STATIC_STREAM + int(e) % self.dupe_factor, i)
-              for e, i in zip(epochs, indices[rows])]
+      keys = [row_key(self.seed, STATIC_STREAM + int(e) % self.dupe_factor, i)
+              for e, i in zip(epochs.tolist(), np.asarray(indices).tolist())]
     else:
-      rngs = [row_generator(self.seed, batch_index, r) for r in rows]
-    return mask_rows(batch, self.tok, self.cfg, rngs)
+      keys = [row_key(self.seed, batch_index, r) for r in rows.tolist()]
+    return mask_rows(batch, self.tok, self.cfg, philox_rows.PhiloxRows(keys))
 
 
-def row_generator(seed: int, batch_index: int, row: int) -> np.random.Generator:
-  """An independent stream per (seed, batch, row): Philox keyed by the three (cheap
-  to create, unlike a seeded PCG64, which matters at hundreds of rows a batch)."""
-  return np.random.Generator(np.random.Philox(
-      key=(int(seed) % 2**32) << 96 | (int(batch_index) % 2**64) << 32 | int(row) % 2**32))
+def train_batches(rows, tok, masking_cfg, *, seed: int, batch_size: int,
+                  dupe_factor: int) -> grain.MapDataset:
+  """This process's share of every global batch of `batch_size`, masked.
+
+  As many batches as `.batch(batch_size)` of the repeated order made (its length),
+  so iterator states saved by runs that built whole global batches still restore.
+  """
+  local_batch = batch_size // jax.process_count()
+  first_row = jax.process_index() * local_batch
+  order = instance_order(len(rows), seed)
+  return (grain.MapDataset.range(sys.maxsize // batch_size)
+          .map(HostIndices(order, global_batch=batch_size, local_batch=local_batch,
+                           first_row=first_row))
+          .map_with_index(ProcessRows(rows, tok, masking_cfg, seed=seed,
+                                      local_batch=local_batch, global_batch=batch_size,
+                                      dupe_factor=dupe_factor)))
 
 
-def mask_rows(batch, tok, masking_cfg, rngs):
-  """Masks the batch, each row with its own RNG; adds mlm_positions/targets/weights,
-  and for span masking the span-boundary targets of SpanBERT's SBO: sbo_left,
+def row_key(seed: int, batch_index: int, row: int) -> int:
+  """The Philox key of row `row`'s stream in batch `batch_index`: an independent
+  stream per (seed, batch, row), `np.random.Generator(np.random.Philox(key=...))`,
+  drawn for a whole batch at once by philox_rows.PhiloxRows."""
+  return (int(seed) % 2**32) << 96 | (int(batch_index) % 2**64) << 32 | int(row) % 2**32
+
+
+def mask_rows(batch, tok, masking_cfg, rng: philox_rows.PhiloxRows):
+  """Masks the batch, each row with its own stream of `rng`; adds mlm_positions/
+  targets/weights, and for span masking the span-boundary targets of SpanBERT's SBO: sbo_left,
   sbo_right (the unmasked positions around each prediction's span) and sbo_offset
   (its 0-based place in the span), (B, P) like the MLM keys."""
   ids = batch['input_ids']
@@ -139,7 +186,7 @@ def mask_rows(batch, tok, masking_cfg, rngs):
   masked = masking.mask(ids, tok.word_start_V[ids], tok.special_V[ids],
                         kind=masking_cfg.kind, rate=masking_cfg.rate,
                         max_predictions=masking_cfg.max_predictions,
-                        rng=masking.RowGenerators(rngs), vocab_size=tok.vocab_size,
+                        rng=rng, vocab_size=tok.vocab_size,
                         mask_id=tok.mask_id, random_ids=np.flatnonzero(~tok.special_V),
                         mask_prob=masking_cfg.mask_prob, random_prob=masking_cfg.random_prob,
                         ngram_vocab=ngram_vocab)
@@ -208,13 +255,8 @@ def build(data_cfg, *, batch_size: int, eval_batches: int, seed: int,
     raise UserError(f'the corpus yields {num_train} training sequences, fewer than one '
                     f'batch of {batch_size}; lower --config.train.batch_size or add text')
 
-  train = (grain.MapDataset.range(num_train)
-           .shuffle(seed=seed)
-           .repeat(None)
-           .batch(batch_size, drop_remainder=True)
-           .map_with_index(ProcessRows(train_rows, tok, data_cfg.masking, seed=seed,
-                                       local_batch=local_batch, global_batch=batch_size,
-                                       dupe_factor=data_cfg.masking.dupe_factor)))
+  train = train_batches(train_rows, tok, data_cfg.masking, seed=seed, batch_size=batch_size,
+                        dupe_factor=data_cfg.masking.dupe_factor)
 
   # One fixed mask (own seed per row) for every evaluation, so evals compare.
   n_eval = len(eval_rows)
@@ -225,6 +267,6 @@ def build(data_cfg, *, batch_size: int, eval_batches: int, seed: int,
   eval_batches = []
   for b in range(num_eval_batches):
     rows = b * batch_size + jax.process_index() * local_batch + np.arange(local_batch)
-    rngs = [row_generator(seed, EVAL_STREAM, r) for r in rows]
-    eval_batches.append(mask_rows(eval_rows.rows(rows), tok, data_cfg.masking, rngs))
+    rng = philox_rows.PhiloxRows([row_key(seed, EVAL_STREAM, r) for r in rows.tolist()])
+    eval_batches.append(mask_rows(eval_rows.rows(rows), tok, data_cfg.masking, rng))
   return PretrainData(tok, train, eval_batches, num_train, most_frequent)
