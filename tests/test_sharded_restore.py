@@ -246,7 +246,9 @@ def test_a_student_starts_from_its_teacher_on_the_step_s_shardings(tmp_path):
   model_cfg = config_lib.model_config(config, weights.open_tokenizer(teacher_dir).vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
-  fns = steps.build(config, model_cfg, mesh, rules)
+  fns = steps.build(model_cfg, config.optim, mesh, rules, total_steps=config.train.steps,
+                    batch_size=config.train.batch_size,
+                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
   teacher = distill.open_teacher(teacher_dir, model_cfg, mesh, rules)
   params = distill.student_from_teacher(teacher, fns.abstract_state['params'])
   host = jax.device_get(teacher.params)
