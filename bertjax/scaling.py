@@ -174,8 +174,16 @@ def estimate(cluster: Cluster, work: Workload, mesh: Mesh, params: list[Param], 
   shard = lambda p: math.prod(mesh.size(a) for a in p.mesh_axes)
   state = 4 * F32 * sum(p.size / shard(p) for p in params)  # params, grads, mu, nu
   # FSDP holds the gathered weights of the layer it runs and of the next (prefetch).
+  # Accumulating (steps.accumulate), each device gathers the whole model once a step,
+  # holds it for all micro-batches, and sums full-size gradients before one reduction.
+  whole = sum(p.size / (t if 'tensor' in p.mesh_axes else 1) for p in params) * F32
   layer_params = sum(p.size for p in params) / (layers + 2)
-  gathered = 2 * layer_params * F32 / t if mesh.fsdp > 1 else 0.0
+  if mesh.fsdp == 1:
+    gathered = 0.0
+  elif accum > 1:
+    gathered = 2 * whole  # the gathered weights and the unreduced gradient sum
+  else:
+    gathered = 2 * layer_params * F32 / t
   # Korthikanti et al. 2022, 16-bit activations a layer: s*b*h*(10 + 24/t + 5*a*s/(h*t));
   # flash attention (cudnn/splash, what launch/ uses) keeps no s*s scores: drop 5as/ht.
   # Rematerialised, a layer keeps only its bf16 input, and one layer is live in full.
@@ -194,14 +202,16 @@ def estimate(cluster: Cluster, work: Workload, mesh: Mesh, params: list[Param], 
       comm += (collective_seconds(cluster, gather, local, mesh.fsdp, t)
                + collective_seconds(cluster, all_reduce, local / mesh.fsdp, mesh.data,
                                     mesh.fsdp * t))
-      # Forward and backward gather the weights again for every micro-batch.
-      gathers += 2 * accum * gather(local, mesh.fsdp)
-      comm += 2 * accum * collective_seconds(cluster, gather, local, mesh.fsdp, t)
+      # Without accumulation forward and backward each gather the weights; with it
+      # they are gathered once a step, before the micro-batches.
+      passes = 1 if accum > 1 else 2
+      gathers += passes * gather(local, mesh.fsdp)
+      comm += passes * collective_seconds(cluster, gather, local, mesh.fsdp, t)
     else:
       grad += all_reduce(local, batch_shards)
       comm += collective_seconds(cluster, all_reduce, local, batch_shards, t)
   if mesh.fsdp > 1:
-    comm += 2 * accum * layers * LATENCY  # a gather a layer, forward and backward
+    comm += (1 if accum > 1 else 2) * layers * LATENCY  # a gather a layer, each pass
   # Megatron-style tensor parallelism: 2 all-reduces of (tokens x d) a layer forward, 2
   # backward, and 2 for the vocabulary-sharded embedding and MLM head.
   tokens = work.batch // batch_shards * s
@@ -232,8 +242,8 @@ def candidate_meshes(cluster: Cluster, work: Workload) -> list[Mesh]:
 
 
 def fitting(cluster: Cluster, work: Workload, mesh: Mesh, params, model_cfg) -> Estimate | None:
-  """The estimate with the fewest micro-batches that fits (bertjax has no remat switch:
-  gradient accumulation is how it trades time for memory)."""
+  """The estimate with the fewest micro-batches that fits (gradient accumulation trades
+  time for memory here; `model.remat`, the "with remat" column, is the other lever)."""
   per_device = work.batch // (mesh.data * mesh.fsdp)
   for accum in (a for a in range(1, per_device + 1) if per_device % a == 0):
     e = estimate(cluster, work, mesh, params, model_cfg, accum)
@@ -336,20 +346,23 @@ LAMB's (You et al. 2020, *Large Batch Optimization for Deep Learning: Training B
 - State: float32 parameters, gradients and two optimizer moments (AdamW and LAMB alike),
   16 bytes a parameter, divided by the mesh axes each weight is sharded on under
   `sharding.DEFAULT_RULES` ('embed' on fsdp; 'vocab', 'heads', 'mlp' on tensor).
-  FSDP adds the gathered weights of two layers (the one running and the next).
+  FSDP adds the gathered weights of two layers (the one running and the next); with
+  gradient accumulation it adds the whole gathered model and a full-size gradient sum
+  instead (`steps.accumulate` gathers once a step and reduces once after the loop).
 - Activations: Korthikanti et al. 2022 (*Reducing Activation Recomputation in Large
   Transformer Models*, arXiv:2205.05198), 16-bit, per layer s*b*h*(10 + 24/t) bytes for
   sequence length s, micro-batch b, width h and tensor-parallel degree t, without the
   5*a*s/h attention-score term because the launch scripts use flash attention (cudnn on
   GPU, splash on TPU; `model.attention=xla` keeps the scores), plus the MLM logits at the
   masked positions (bf16 and a float32 log-softmax). "with remat" is what every layer
-  rematerialised would keep (its bf16 input, and one layer in full); bertjax has no remat
-  switch, so the recommendations fit memory with `train.grad_accum_steps` instead.
+  rematerialised would keep (its bf16 input, and one layer in full; `model.remat=full`);
+  the recommendations fit memory with `train.grad_accum_steps` and leave remat off.
 - Communication, bytes each device sends a step, as bandwidth-optimal rings: an
   all-reduce of S over n devices 2(n-1)/n*S, a reduce-scatter or all-gather (n-1)/n*S.
   Gradients (float32, reduced once a step whatever the accumulation): all-reduced over
   data x fsdp, or for weights sharded on fsdp reduce-scattered over fsdp and all-reduced
-  over data (ZeRO-3, Rajbhandari et al. 2020). FSDP all-gathers every weight forward and backward, once per micro-batch.
+  over data (ZeRO-3, Rajbhandari et al. 2020). FSDP all-gathers every weight forward
+  and backward without accumulation, and once a step (before the micro-batches) with it.
   Tensor parallelism all-reduces the (tokens x width) activations twice a layer forward
   and twice backward (Megatron-LM), plus twice for the vocabulary-sharded embedding and
   head. A group spanning hosts goes hierarchically: inside the host over NVLink, then

@@ -70,11 +70,14 @@ def test_estimate_by_hand():
   assert e.remat_activation_bytes == 2 * 8 * 2 * 8 * 2 + per_layer + head
   gathered = 2 * (1210 / 4) * 4 / 2                           # two layers' weights, /t
   assert e.memory_bytes == e.state_bytes + gathered + e.activation_bytes
-  # Four micro-batches gather the weights four times, and hold a quarter of the rows.
+  # Four micro-batches gather the weights once, before the loop (not forward and
+  # backward), and hold them whole beside a full-size gradient sum.
   e4 = scaling.estimate(TOY, scaling.Workload('toy', 16, 8, 2), scaling.Mesh(1, 2, 2),
                         params, cfg, accum=4)
-  assert e4.micro_batch == 2 and e4.gather_bytes == 4 * e.gather_bytes
+  assert e4.micro_batch == 2 and e4.gather_bytes == e.gather_bytes / 2
   assert e4.grad_bytes == e.grad_bytes
+  whole = (1000 + 200 / 2 + 10) * 4                           # float32, tensor-sharded /t
+  assert e4.memory_bytes == e4.state_bytes + 2 * whole + e4.activation_bytes
 
 
 def test_recommendation_prefers_the_simpler_mesh_within_ten_percent():
