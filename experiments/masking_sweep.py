@@ -77,7 +77,7 @@ def get_config(arg=None):
                'learns to read a paragraph for an answer span; and the country of a '
                'city no training sentence names (embedded_tasks.write_classify), which '
                'only an encoder that learned the map in pre-training can do above '
-               'chance (10 countries).',)
+               'chance (8 countries, 1 in 8).',)
     p = config_lib.load_config(os.path.join(os.path.dirname(__file__), 'quickstart.py'))
     # Seven variants, two tasks and three fine-tuning seeds each fit 2 CPU cores in 15
     # minutes (README: the measured phases and the extrapolation). One checkpoint, at
