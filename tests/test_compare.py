@@ -7,7 +7,7 @@ import os
 import jax
 import pytest
 
-from bertjax import config_lib, train
+from bertjax import config_lib, finetune, train
 from bertjax.compare import sweep
 from bertjax.cli import main
 from bertjax.errors import UserError
@@ -20,7 +20,8 @@ SHRINK = ["variants=('token','span_sbo','pmi')", 'downstream_seeds=(0,)',
           'pretrain.train.checkpoint_every=4', 'pretrain.train.eval_batches=2',
           'pretrain.train.batch_size=16', 'pretrain.data.embedded_documents=400',
           'pretrain.optim.warmup_steps=1', 'downstream.train.steps=2',
-          'downstream.train.log_every=1']
+          'downstream.train.log_every=1', 'more_downstream.country.train.steps=2',
+          'more_downstream.country.train.log_every=1']
 
 
 def test_bad_sweep_configs_name_the_key():
@@ -41,6 +42,15 @@ def test_bad_sweep_configs_name_the_key():
   with pytest.raises(UserError, match=r"^sweep variant 'token_rate40': pretrain.data.masking."
                                       r'max_predictions=10 cannot hold .*rate=0.4.*pass '
                                       r'--config.pretrain.data.masking.max_predictions=26'):
+    sweep.validate(config)
+  config = config_lib.load_config(SWEEP + ':local')
+  config_lib.apply_overrides(config, ['downstream_name=country'])
+  with pytest.raises(UserError, match=r"downstream tasks \['country', 'country'\] name a "
+                                      'task twice'):
+    sweep.validate(config)
+  config = config_lib.load_config(SWEEP + ':local')
+  config_lib.apply_overrides(config, ['more_downstream.country.task.seq_len=2'])
+  with pytest.raises(UserError, match=r'more_downstream\.country\.task\.seq_len=2'):
     sweep.validate(config)
   pretrain_only = config_lib.load_config(os.path.join(ROOT, 'experiments', 'quickstart.py'))
   with pytest.raises(UserError, match="the sweep config has no 'variants'"):
@@ -102,8 +112,13 @@ def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys,
   assert len(table) == 1 + 3  # header + one row a variant
   assert f'{SWEEP}:local' in markdown
   with open(os.path.join(workdir, 'report.csv')) as f:
-    rows = {r['variant']: r for r in csv.DictReader(f)}
-  assert set(rows) == {'token', 'span_sbo', 'pmi'}
+    by_task = [(r['downstream_task'], r) for r in csv.DictReader(f)]
+  assert [t for t, _ in by_task] == ['qa'] * 3 + ['country'] * 3  # one row a variant and task
+  rows = {r['variant']: r for t, r in by_task if t == 'qa'}
+  country = {r['variant']: r for t, r in by_task if t == 'country'}
+  assert set(rows) == set(country) == {'token', 'span_sbo', 'pmi'}
+  header = table[0]
+  assert 'qa: f1' in header and 'country: accuracy' in header
   assert os.path.isfile(os.path.join(workdir, 'pmi_vocab.json'))
   assert 'Statistics' in markdown
   for name in ('loss_curves.png', 'mlm_accuracy.png', 'downstream.png'):
@@ -118,10 +133,13 @@ def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys,
       compare_line['compare_mlm_accuracy_token_masking'])
   assert float(rows['span_sbo']['mlm_accuracy_own']) == pytest.approx(
       [r for r in logged if 'eval_mlm_accuracy' in r][-1]['eval_mlm_accuracy'])
-  metric = config_lib.load_config(SWEEP + ':local').downstream.task.metric
-  with open(os.path.join(workdir, 'span_sbo', 'downstream_0', 'best.json')) as f:
-    best = json.load(f)['metrics'][metric]
-  assert float(rows['span_sbo']['downstream_mean']) == pytest.approx(best)
+  for task, by_name, run in (('qa', rows, 'downstream_0'),
+                             ('country', country, 'downstream_country_0')):
+    with open(os.path.join(workdir, 'span_sbo', run, 'best.json')) as f:
+      saved = json.load(f)
+    assert by_name['span_sbo']['downstream_metric'] == saved['metric']
+    assert float(by_name['span_sbo']['downstream_mean']) == pytest.approx(
+        saved['metrics'][saved['metric']])
   expected_hash = config_lib.config_hash(sweep.variant_config(
       config_lib.apply_overrides(config_lib.load_config(SWEEP + ':local'), SHRINK), 'span_sbo'))
   assert rows['span_sbo']['config_hash'] == expected_hash
@@ -132,12 +150,35 @@ def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys,
   assert 'done before, read back' in capsys.readouterr().out
   assert sizes == {v: os.path.getsize(os.path.join(workdir, v, 'pretrain', 'metrics.jsonl'))
                    for v in rows}
+  # A result.json of a one-task sweep (before more_downstream) resumes: its values are
+  # the first task's, and only the task added since is fine-tuned.
+  path = os.path.join(workdir, 'pmi', 'result.json')
+  with open(path) as f:
+    saved = json.load(f)
+  old = dict(saved, downstream_metric_name='f1', downstream=saved['downstream']['qa'])
+  del old['downstream_metrics']
+  with open(path, 'w') as f:
+    json.dump(old, f)
+  os.rename(os.path.join(workdir, 'pmi', 'downstream_country_0'),
+            os.path.join(workdir, 'pmi', 'country_before'))
+  assert main(argv) == 0
+  out = capsys.readouterr().out
+  assert 'pmi: done before; fine-tuning the tasks added since: country' in out
+  assert 'token: done before; fine-tuning' not in out
+  with open(path) as f:
+    resumed = json.load(f)
+  assert resumed['downstream']['qa'] == saved['downstream']['qa']
+  assert list(resumed['downstream']) == ['qa', 'country']
+  assert resumed['downstream_metrics'] == saved['downstream_metrics']
+  assert os.path.isfile(os.path.join(workdir, 'pmi', 'downstream_country_0', 'best.json'))
 
 
 def test_gpu_sweep_dry_runs_on_the_cpu(tmp_path):
-  """:gpu at two steps: its variants validate and its BERT-mini (bf16) pre-trains with
-  the SBO head; only the corpus (real text on the GPU machine), the vocabulary a
-  corpus this small can train, and the input worker count (8 processes) are swapped."""
+  """:gpu at two steps: its variants validate, its BERT-mini (bf16) pre-trains with
+  the SBO head and fine-tunes on both downstream tasks (SST-2 and SQuAD); only the
+  corpus (real text on the GPU machine), the vocabulary a corpus this small can
+  train, the input worker count (8 processes) and the tasks' data (the embedded
+  tasks of the same kinds) are swapped."""
   config = config_lib.apply_overrides(config_lib.load_config(SWEEP + ':gpu'), [
       'pretrain.data.corpus=embedded', 'pretrain.data.embedded_documents=400',
       'pretrain.data.tokenizer.vocab_size=512', 'pretrain.data.tokenizer.model_type=bpe',
@@ -150,3 +191,13 @@ def test_gpu_sweep_dry_runs_on_the_cpu(tmp_path):
   pre = sweep.variant_config(config, 'span_sbo')
   results = train.train_and_evaluate(pre, str(tmp_path / 'span_sbo'))
   assert results['sbo_loss'] > 0 and results['mlm_predictions'] > 0
+  tasks = sweep.downstream_tasks(config)
+  assert [(name, task.task.kind) for name, task in tasks] == [('sst2', 'classify'),
+                                                              ('squad', 'qa')]
+  for name, task in tasks:
+    ft = config_lib.apply_overrides(sweep.downstream_config(task, str(tmp_path / 'span_sbo'), 0),
+                                    ['task.train=embedded', 'task.eval=embedded',
+                                     'train.steps=2', 'train.log_every=1'])
+    assert ft.model.dtype == 'bfloat16' and ft.train.batch_size == 64
+    metrics = finetune.finetune_and_evaluate(ft, str(tmp_path / name))
+    assert ft.task.metric in metrics

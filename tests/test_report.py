@@ -20,23 +20,23 @@ def _results():
     noise = random.Random(start)
     return [(s, start * math.exp(-rate * s) + noise.gauss(0, 0.15)) for s in range(0, 500, 5)]
 
-  common = dict(config_path='experiments/masking_sweep.py:local', downstream_metric_name='accuracy',
-                steps=500, tokens=1_024_000)
+  common = dict(config_path='experiments/masking_sweep.py:local',
+                downstream_metrics={'sst2': 'accuracy'}, steps=500, tokens=1_024_000)
   return [
       report.VariantResult(name='token', config_hash='0123456789ab', mlm_accuracy_token=0.41,
-                           mlm_accuracy_own=0.41, downstream=[0.80, 0.82, 0.84],
+                           mlm_accuracy_own=0.41, downstream={'sst2': [0.80, 0.82, 0.84]},
                            tokens_per_sec=12000.0, wall_seconds=83.0, loss_curve=curve(8, 0.004),
                            **common),
       report.VariantResult(name='whole_word', config_hash='abcdef012345', mlm_accuracy_token=0.44,
-                           mlm_accuracy_own=0.38, downstream=[0.83, 0.87],
+                           mlm_accuracy_own=0.38, downstream={'sst2': [0.83, 0.87]},
                            tokens_per_sec=11000.0, wall_seconds=90.0, loss_curve=curve(8, 0.005),
                            **common),
       report.VariantResult(name='span', config_hash='fedcba987654', mlm_accuracy_token=0.39,
-                           mlm_accuracy_own=0.30, downstream=[0.81], tokens_per_sec=12500.0,
-                           wall_seconds=3725.0, loss_curve=curve(9, 0.003), pretrain_loss=2.5,
+                           mlm_accuracy_own=0.30, downstream={'sst2': [0.81]},
+                           tokens_per_sec=12500.0, wall_seconds=3725.0, loss_curve=curve(9, 0.003), pretrain_loss=2.5,
                            **common),
       report.VariantResult(name='ngram', config_hash='00112233aabb', mlm_accuracy_token=0.40,
-                           mlm_accuracy_own=0.35, downstream=[], tokens_per_sec=11800.0,
+                           mlm_accuracy_own=0.35, downstream={'sst2': []}, tokens_per_sec=11800.0,
                            wall_seconds=45.0, loss_curve=curve(8.5, 0.0035), **common),
   ]
 
@@ -95,8 +95,8 @@ def test_downstream_cells_interval_single_seed_and_none(written):
 
 def test_significant_differences_are_marked_and_named(tmp_path):
   results = _results()
-  results[1] = dataclasses.replace(results[1], downstream=[0.86, 0.875, 0.89])
-  results[2] = dataclasses.replace(results[2], downstream=[0.79, 0.83, 0.83],
+  results[1] = dataclasses.replace(results[1], downstream={'sst2': [0.86, 0.875, 0.89]})
+  results[2] = dataclasses.replace(results[2], downstream={'sst2': [0.79, 0.83, 0.83]},
                                    pretrain_seeds=1)
   text = open(report.write_report(results, str(tmp_path), title='t')['markdown']).read()
   rows = {r[0]: r for r in _table_rows(text)}
@@ -146,14 +146,16 @@ def test_csv_parses_back_to_the_numbers(written):
     assert float(row['wall_seconds']) == r.wall_seconds
     assert int(row['steps']) == r.steps and int(row['tokens']) == r.tokens
     assert row['config_hash'] == r.config_hash and row['downstream_metric'] == 'accuracy'
+    assert row['downstream_task'] == 'sst2'
+    runs = r.downstream['sst2']
     values = [float(v) for v in row['downstream_values'].split(';') if v]
-    assert values == r.downstream and int(row['downstream_n']) == len(r.downstream)
-    if r.downstream:
-      assert float(row['downstream_mean']) == pytest.approx(statistics.fmean(r.downstream))
+    assert values == runs and int(row['downstream_n']) == len(runs)
+    if runs:
+      assert float(row['downstream_mean']) == pytest.approx(statistics.fmean(runs))
     else:
       assert row['downstream_mean'] == ''
-    if len(r.downstream) > 1:
-      assert float(row['downstream_std']) == pytest.approx(statistics.stdev(r.downstream))
+    if len(runs) > 1:
+      assert float(row['downstream_std']) == pytest.approx(statistics.stdev(runs))
     else:
       assert row['downstream_std'] == ''
   assert float(by_name['span']['pretrain_loss']) == 2.5
@@ -195,7 +197,7 @@ def test_format_table_is_aligned_and_marks_the_best():
 
 def test_mixed_downstream_metrics_are_rejected(tmp_path):
   results = _results()
-  results[1] = dataclasses.replace(results[1], downstream_metric_name='f1')
+  results[1] = dataclasses.replace(results[1], downstream_metrics={'sst2': 'f1'})
   with pytest.raises(ValueError, match='different downstream metrics'):
     report.write_report(results, str(tmp_path), title='t')
   assert not list(tmp_path.iterdir())
@@ -223,3 +225,35 @@ def test_loss_curve_from_metrics(tmp_path):
 def test_format_duration():
   assert [report.format_duration(s) for s in (0, 45.4, 83, 3600, 3725)] == [
       '0s', '45s', '1m 23s', '1h 00m 00s', '1h 02m 05s']
+
+
+def test_each_task_has_its_column_group_csv_rows_and_one_holm_family(tmp_path):
+  results = [dataclasses.replace(
+      r, downstream_metrics={'sst2': 'accuracy', 'squad': 'f1'},
+      downstream={**r.downstream, 'squad': [v * 100 for v in r.downstream['sst2']]})
+      for r in _results()]
+  paths = report.write_report(results, str(tmp_path), title='t')
+  text = open(paths['markdown'], encoding='utf-8').read()
+  header = [line for line in text.splitlines() if line.startswith('|')][0]
+  assert ('sst2: accuracy (mean ± 95% CI) | sst2: vs token (Holm p) | '
+          'squad: f1 (mean ± 95% CI) | squad: vs token (Holm p)') in header
+  rows = {r[0]: r for r in _table_rows(text)}
+  assert rows['token'][5] == '82.0000 ± 4.9683 (n=3)'
+  # The same paired test twice (scaled values), Holm over both: p doubles to 0.312.
+  assert rows['whole_word'][4] == '+0.0400 (p=0.312)'
+  assert rows['whole_word'][6] == '+4.0000 (p=0.312)'
+  assert 'Holm-corrected over the 2 tests of all 2 tasks' in text
+  with open(paths['csv'], newline='', encoding='utf-8') as f:
+    csv_rows = list(csv.DictReader(f))
+  assert [(r['downstream_task'], r['variant']) for r in csv_rows] == [
+      (t, r.name) for t in ('sst2', 'squad') for r in results]
+  assert csv_rows[5]['downstream_metric'] == 'f1'
+
+
+def test_a_one_task_result_json_reads_back_as_the_first_task():
+  saved = dataclasses.asdict(_results()[0])
+  old = dict(saved, downstream_metric_name='accuracy', downstream=[0.80, 0.82, 0.84])
+  del old['downstream_metrics']
+  r = report.VariantResult.from_json(json.loads(json.dumps(old)), 'sst2')
+  assert r == _results()[0]
+  assert report.VariantResult.from_json(json.loads(json.dumps(saved)), 'other') == r

@@ -73,6 +73,25 @@ def test_holm_keeps_the_family_wise_error_rate():
   assert any_holm / trials < 0.065 and any_raw / trials > 0.15
 
 
+def test_tasks_are_one_holm_family():
+  """Two tasks, each with one variant and the same p-values: Holm corrects over all
+  four tests, so each task's figures are those of a four-test family."""
+  rng = random.Random(3)
+  base = [0.8 + rng.gauss(0, 0.01) for _ in range(4)]
+  per_task = {'a': [b + 0.01 + rng.gauss(0, 0.005) for b in base],
+              'b': [b + rng.gauss(0, 0.01) for b in base]}
+  values = {'token': base, **per_task}
+  result = stats.against_baseline_by_task({'qa': values, 'classify': values}, 'token')
+  alone = stats.against_baseline(values, 'token')
+  assert set(result) == {'qa', 'classify'}
+  raw = [alone[n].p_value for n in ('a', 'b')] * 2
+  for task in ('qa', 'classify'):
+    for k, name in enumerate(('a', 'b')):
+      assert result[task][name].p_value == pytest.approx(alone[name].p_value)
+      assert result[task][name].p_holm == pytest.approx(stats.holm(raw)[k])
+  assert result['qa']['a'].p_holm > alone['a'].p_holm
+
+
 def test_too_few_pairs_are_not_tested():
   result = stats.against_baseline({'token': [0.8, 0.81], 'one': [0.9], 'flat': [0.9, 0.91]},
                                   'token')
@@ -86,8 +105,10 @@ def test_several_pretraining_seeds_count_one_value_per_pretrained_model():
   from bertjax.compare import report
   r = report.VariantResult(
       name='span', config_path='x', config_hash='h', mlm_accuracy_token=0.1,
-      mlm_accuracy_own=0.1, downstream_metric_name='f1',
-      downstream=[1.0, 3.0, 10.0, 12.0], tokens_per_sec=1.0, wall_seconds=1.0, steps=1,
-      tokens=1, loss_curve=[], pretrain_seeds=2)
-  assert report.units(r) == [2.0, 11.0]  # runs of one pre-trained model are not independent
-  assert report.units(dataclasses.replace(r, pretrain_seeds=1)) == [1.0, 3.0, 10.0, 12.0]
+      mlm_accuracy_own=0.1, downstream_metrics={'qa': 'f1'},
+      downstream={'qa': [1.0, 3.0, 10.0, 12.0]}, tokens_per_sec=1.0, wall_seconds=1.0,
+      steps=1, tokens=1, loss_curve=[], pretrain_seeds=2)
+  # Runs of one pre-trained model are not independent.
+  assert report.units(r, 'qa') == [2.0, 11.0]
+  assert report.units(dataclasses.replace(r, pretrain_seeds=1), 'qa') == [1.0, 3.0, 10.0, 12.0]
+  assert report.units(r, 'classify') == []

@@ -3,8 +3,9 @@
 `bertjax compare` gathers one `VariantResult` per masking variant and calls
 `write_report`; this module only formats what it is given (with the statistics of
 compare/stats.py: 95% t-intervals over seeds, paired t-tests against the `token`
-baseline, Holm-corrected), so the numbers in the
-report are exactly the ones compare measured. Every file is written to a temporary
+baseline, Holm-corrected over every test in the report), so the numbers in the
+report are exactly the ones compare measured. A sweep fine-tunes on one or more
+downstream tasks; the table has one column group per task. Every file is written to a temporary
 name and renamed, so an interrupted report never leaves a half-written file behind.
 Plots are drawn on `matplotlib.figure.Figure` (Agg canvas, no pyplot), so no
 display is needed, no global backend is switched and importing this module stays
@@ -36,8 +37,10 @@ class VariantResult:
   config_hash: str  # 12 hex digits
   mlm_accuracy_token: float  # held-out MLM accuracy under the common token masking
   mlm_accuracy_own: float  # ... under the variant's own masking
-  downstream_metric_name: str
-  downstream: list[float]  # one value per fine-tuning seed; may be empty
+  # Per downstream task (in the sweep's order): its metric's name, and one value per
+  # fine-tuning run (may be empty).
+  downstream_metrics: dict[str, str]
+  downstream: dict[str, list[float]]
   tokens_per_sec: float
   wall_seconds: float  # pre-training wall time
   steps: int
@@ -47,6 +50,17 @@ class VariantResult:
   # Pre-trained models the downstream values come from (each fine-tuned over the
   # same seeds, values ordered pre-training seed first): which variance they cover.
   pretrain_seeds: int = 1
+
+  @classmethod
+  def from_json(cls, saved: dict, first_task: str) -> VariantResult:
+    """A result.json; one written before sweeps had several downstream tasks (a
+    `downstream_metric_name` and one list) holds the first task's values."""
+    saved = dict(saved)
+    if 'downstream_metric_name' in saved:
+      saved['downstream_metrics'] = {first_task: saved.pop('downstream_metric_name')}
+      saved['downstream'] = {first_task: saved['downstream']}
+    saved['loss_curve'] = [tuple(point) for point in saved['loss_curve']]
+    return cls(**saved)
 
   @property
   def final_loss(self) -> float | None:
@@ -110,26 +124,38 @@ def budget_line(results) -> str:
   return f'WARNING: budgets differ, so the variants are not directly comparable ({per}).'
 
 
-def _metric_name(results) -> str:
-  names = {r.downstream_metric_name for r in results if r.downstream}
+def tasks(results) -> list[str]:
+  """The downstream tasks, in the order the results name them."""
+  names = {}
+  for r in results:
+    names.update(dict.fromkeys(r.downstream))
+  return list(names)
+
+
+def metric_name(results, task: str) -> str:
+  names = {r.downstream_metrics[task] for r in results if r.downstream.get(task)}
   if len(names) > 1:
-    raise ValueError(f'variants report different downstream metrics: {sorted(names)}')
-  return names.pop() if names else (results[0].downstream_metric_name or 'downstream')
+    raise ValueError(f'variants report different downstream metrics for {task}: '
+                     f'{sorted(names)}')
+  if names:
+    return names.pop()
+  return next((r.downstream_metrics[task] for r in results if task in r.downstream_metrics),
+              'downstream')
 
 
 def _accuracy(v: float) -> str:
   return '—' if math.isnan(v) else f'{v:.4f}'
 
 
-def units(r) -> list[float]:
-  """The independent values of a variant's downstream metric: one per fine-tuning run
+def units(r, task: str) -> list[float]:
+  """The independent values of a variant's metric on `task`: one per fine-tuning run
   of one pre-trained model; with several pre-training seeds, the mean over each
   model's fine-tuning seeds (runs from one pre-trained model are not independent)."""
-  if r.pretrain_seeds <= 1 or not r.downstream:
-    return list(r.downstream)
-  per = len(r.downstream) // r.pretrain_seeds
-  return [statistics.fmean(r.downstream[i * per:(i + 1) * per])
-          for i in range(r.pretrain_seeds)]
+  values = list(r.downstream.get(task, ()))
+  if r.pretrain_seeds <= 1 or not values:
+    return values
+  per = len(values) // r.pretrain_seeds
+  return [statistics.fmean(values[i * per:(i + 1) * per]) for i in range(r.pretrain_seeds)]
 
 
 def _downstream_cell(values) -> str:
@@ -141,10 +167,12 @@ def _downstream_cell(values) -> str:
 
 
 def comparisons(results) -> dict:
-  """{variant: stats.Comparison} of each variant's downstream values against BASELINE's
-  (empty without a baseline)."""
-  values = {r.name: units(r) for r in results}
-  return stats.against_baseline(values, BASELINE) if BASELINE in values else {}
+  """{task: {variant: stats.Comparison}} of each variant's values against BASELINE's,
+  Holm-corrected over every test of every task (empty without a baseline)."""
+  if BASELINE not in {r.name for r in results}:
+    return {}
+  return stats.against_baseline_by_task(
+      {task: {r.name: units(r, task) for r in results} for task in tasks(results)}, BASELINE)
 
 
 def _comparison_cell(r, compared) -> str:
@@ -160,12 +188,12 @@ def _comparison_cell(r, compared) -> str:
 
 def variance_line(results) -> str:
   """Which variance the intervals cover."""
-  pre = max((r.pretrain_seeds for r in results if r.downstream), default=1)
-  n = max((len(r.downstream) for r in results), default=0)
+  pre = max((r.pretrain_seeds for r in results if any(r.downstream.values())), default=1)
+  n = max((len(v) for r in results for v in r.downstream.values()), default=0)
   if pre > 1:
     return (f'Intervals and paired tests: 95% Student t over {pre} pre-trained models per '
-            f'variant (n = {pre}), each the mean of its fine-tuning seeds ({n} runs in all), '
-            'so they cover pre-training and fine-tuning variance.')
+            f'variant (n = {pre}), each the mean of its fine-tuning seeds ({n} runs a task '
+            'in all), so they cover pre-training and fine-tuning variance.')
   return (f'Intervals: 95% Student t over up to {n} fine-tuning seeds of one pre-trained '
           'model per variant: they cover fine-tuning variance only, not the variance '
           'between pre-training runs (sweep option `pretrain_seeds`).')
@@ -176,36 +204,54 @@ def significance_lines(results) -> list[str]:
   compared = comparisons(results)
   if not compared:
     return [f'No paired comparison: the sweep has no `{BASELINE}` variant.']
-  untestable = [n for n, c in compared.items() if math.isnan(c.p_holm)]
+  tested = [(t, n) for t, by in compared.items() for n, c in by.items()
+            if not math.isnan(c.p_holm)]
+  several = len(compared) > 1
   lines = [f'vs {BASELINE}: mean difference seed by seed; p from a two-sided paired t-test '
-           f'over the seeds both ran, Holm-corrected over the '
-           f'{len(compared) - len(untestable)} variants tested; † marks a difference larger '
-           f'than its noise (corrected p < {stats.ALPHA}).']
-  real = [n for n, c in compared.items() if c.significant]
+           f'over the seeds both ran, Holm-corrected over the {len(tested)} tests'
+           + (f' of all {len(compared)} tasks' if several else '')
+           + f'; † marks a difference larger than its noise (corrected p < {stats.ALPHA}).']
+  label = (lambda t, n: f'{n} on {t}') if several else (lambda t, n: n)
+  real = [(t, n, c) for t, by in compared.items() for n, c in by.items() if c.significant]
   if real:
     lines.append('Differences larger than their noise: ' + ', '.join(
-        f'{n} ({compared[n].difference:+.4f})' for n in real) + '.')
+        f'{label(t, n)} ({c.difference:+.4f})' for t, n, c in real) + '.')
   else:
-    lines.append(f'No variant differs from {BASELINE} by more than the noise between seeds; '
-                 'the ranking in this table may be chance.')
+    lines.append(f'No variant differs from {BASELINE} by more than the noise between seeds'
+                 + (' on any task' if several else '') + '; the ranking in this table may '
+                 'be chance.')
+  untestable = [label(t, n) for t, by in compared.items() for n, c in by.items()
+                if math.isnan(c.p_holm)]
   if untestable:
     lines.append('Not testable (fewer than two paired seeds, or no spread): '
                  + ', '.join(untestable) + '.')
   return lines
 
 
+def _task_columns(results, task: str, compared: dict, prefix: str):
+  metric = metric_name(results, task)
+  return [
+      (f'{prefix}{metric} (mean ± 95% CI)', lambda r: downstream_stats(units(r, task))[0],
+       lambda r: _downstream_cell(units(r, task)), True),
+      (f'{prefix}vs {BASELINE} (Holm p)', None,
+       lambda r: _comparison_cell(r, compared.get(task, {})), None),
+  ]
+
+
 def _scored_columns(results):
-  """Columns compared across variants: (header, value, cell text, higher is better)."""
-  metric = _metric_name(results)
+  """Columns compared across variants: (header, value, cell text, higher is better);
+  one group of two a downstream task, headed by the task's name when there are
+  several."""
   compared = comparisons(results)
+  names = tasks(results)
+  downstream = [column for task in names for column in _task_columns(
+      results, task, compared, f'{task}: ' if len(names) > 1 else '')]
   return [
       ('MLM acc (token masking)', lambda r: r.mlm_accuracy_token,
        lambda r: _accuracy(r.mlm_accuracy_token), True),
       ('MLM acc (own masking)', lambda r: r.mlm_accuracy_own,
        lambda r: _accuracy(r.mlm_accuracy_own), True),
-      (f'{metric} (mean ± 95% CI)', lambda r: downstream_stats(r.downstream)[0],
-       lambda r: _downstream_cell(units(r)), True),
-      (f'vs {BASELINE} (Holm p)', None, lambda r: _comparison_cell(r, compared), None),
+      *downstream,
       ('tokens/s', lambda r: r.tokens_per_sec, lambda r: f'{r.tokens_per_sec:,.0f}', True),
       ('wall time', lambda r: r.wall_seconds, lambda r: format_duration(r.wall_seconds),
        False),
@@ -267,11 +313,12 @@ _CSV_FIELDS = ('variant', 'config_path', 'config_hash', 'mlm_accuracy_token',
                'downstream_std', 'downstream_n', 'downstream_values', 'tokens_per_sec',
                'wall_seconds', 'steps', 'tokens', 'pretrain_loss', 'downstream_ci95',
                'pretrain_seeds', 'vs_baseline_difference', 'vs_baseline_p',
-               'vs_baseline_p_holm')
+               'vs_baseline_p_holm', 'downstream_task')
 
 
 def _csv_text(results) -> str:
-  """Raw numbers (repr round-trips floats exactly); undefined ones are empty."""
+  """Raw numbers (repr round-trips floats exactly), one row a variant and downstream
+  task; undefined ones are empty."""
   def num(v):
     return '' if v is None or math.isnan(v) else repr(float(v))
 
@@ -280,20 +327,23 @@ def _csv_text(results) -> str:
   writer.writeheader()
   compared = comparisons(results)
   nan = stats.Comparison(math.nan, math.nan, math.nan, 0)
-  for r in results:
-    mean, std, n = downstream_stats(r.downstream)
-    c = compared.get(r.name, nan)
-    writer.writerow(dict(
-        variant=r.name, config_path=r.config_path, config_hash=r.config_hash,
-        mlm_accuracy_token=num(r.mlm_accuracy_token), mlm_accuracy_own=num(r.mlm_accuracy_own),
-        downstream_metric=r.downstream_metric_name, downstream_mean=num(mean),
-        downstream_std=num(std), downstream_n=n,
-        downstream_values=';'.join(repr(float(v)) for v in r.downstream),
-        tokens_per_sec=num(r.tokens_per_sec), wall_seconds=num(r.wall_seconds),
-        steps=r.steps, tokens=r.tokens, pretrain_loss=num(r.final_loss),
-        downstream_ci95=num(stats.t_interval(units(r))[1]), pretrain_seeds=r.pretrain_seeds,
-        vs_baseline_difference=num(c.difference), vs_baseline_p=num(c.p_value),
-        vs_baseline_p_holm=num(c.p_holm)))
+  for task in tasks(results) or ['']:
+    for r in results:
+      values = r.downstream.get(task, [])
+      mean, std, n = downstream_stats(values)
+      c = compared.get(task, {}).get(r.name, nan)
+      writer.writerow(dict(
+          variant=r.name, config_path=r.config_path, config_hash=r.config_hash,
+          mlm_accuracy_token=num(r.mlm_accuracy_token),
+          mlm_accuracy_own=num(r.mlm_accuracy_own), downstream_task=task,
+          downstream_metric=r.downstream_metrics.get(task, ''), downstream_mean=num(mean),
+          downstream_std=num(std), downstream_n=n,
+          downstream_values=';'.join(repr(float(v)) for v in values),
+          tokens_per_sec=num(r.tokens_per_sec), wall_seconds=num(r.wall_seconds),
+          steps=r.steps, tokens=r.tokens, pretrain_loss=num(r.final_loss),
+          downstream_ci95=num(stats.t_interval(units(r, task))[1]),
+          pretrain_seeds=r.pretrain_seeds, vs_baseline_difference=num(c.difference),
+          vs_baseline_p=num(c.p_value), vs_baseline_p_holm=num(c.p_holm)))
   return buf.getvalue()
 
 
@@ -387,16 +437,23 @@ def _plot_mlm(results, path: str) -> None:
 
 
 def _plot_downstream(results, path: str) -> None:
-  """Mean bars, 95% t-interval error bars and every seed as a dot, so n and spread
-  are visible."""
+  """One panel a downstream task: mean bars, 95% t-interval error bars and every
+  independent value (see `units`) as a dot, so n and spread are visible."""
   from matplotlib.figure import Figure
-  metric = _metric_name(results)
-  fig = Figure(figsize=(8, 5))
-  ax = fig.add_subplot()
+  names = tasks(results) or ['']
+  fig = Figure(figsize=(8, 5 * len(names)))
+  for ax, task in zip(fig.subplots(len(names), 1, squeeze=False)[:, 0], names):
+    _plot_task(ax, results, task)
+  _save(fig, path)
+
+
+def _plot_task(ax, results, task: str) -> None:
+  metric = metric_name(results, task) if task else 'downstream'
   lows, highs = [], []
   for i, r in enumerate(results):
-    mean, half = stats.t_interval(units(r))
-    n = len(units(r))
+    values = units(r, task)
+    mean, half = stats.t_interval(values)
+    n = len(values)
     if n == 0:
       ax.annotate('no runs', (i, 0), xycoords=('data', 'axes fraction'), xytext=(0, 8),
                   textcoords='offset points', ha='center', color='gray')
@@ -404,13 +461,13 @@ def _plot_downstream(results, path: str) -> None:
     err = half if n > 1 else None
     ax.bar(i, mean, 0.6, yerr=err, capsize=6, color=f'C{i}', alpha=0.75)
     offsets = [0.0] if n == 1 else [-0.15 + 0.3 * k / (n - 1) for k in range(n)]
-    ax.scatter([i + o for o in offsets], r.downstream, color='black', s=14, zorder=3,
+    ax.scatter([i + o for o in offsets], values, color='black', s=14, zorder=3,
                label='seeds' if not lows else None)
-    top = max(mean + (err or 0.0), *r.downstream)
+    top = max(mean + (err or 0.0), *values)
     label = f'{mean:.4f}' if n == 1 else f'{mean:.4f} ± {half:.4f}'
     ax.annotate(label, (i, top), xytext=(0, 4), textcoords='offset points', ha='center',
                 fontsize=8)
-    lows += [mean - (err or 0.0), *r.downstream]
+    lows += [mean - (err or 0.0), *values]
     highs.append(top)
   if lows:
     _zoom(ax, lows, highs)
@@ -421,9 +478,9 @@ def _plot_downstream(results, path: str) -> None:
   ax.set_xticks(range(len(results)), [r.name for r in results])
   ax.set_xlabel('variant')
   ax.set_ylabel(metric)
-  ax.set_title(f'Downstream {metric}: mean ± 95% t-interval over seeds, dots = seeds')
+  ax.set_title(f'{task + ": " if task else ""}downstream {metric}: mean ± 95% t-interval '
+               'over seeds, dots = seeds')
   ax.grid(axis='y', alpha=0.3)
-  _save(fig, path)
 
 
 def write_report(results: list[VariantResult], out_dir: str, *, title: str,
@@ -442,9 +499,9 @@ def write_report(results: list[VariantResult], out_dir: str, *, title: str,
       table, '',
       'MLM accuracy is measured on held-out data. Token masking is the same for every '
       'variant, so that column compares them; own masking uses each variant\'s '
-      'pre-training masking and is not comparable across variants. Downstream: mean ± '
-      'the half-width of its 95% t-interval over n seeds. Bold: best in its column (wall '
-      'time: lowest).', '',
+      'pre-training masking and is not comparable across variants. Downstream (one '
+      'column group a task): mean ± the half-width of its 95% t-interval over n seeds. '
+      'Bold: best in its column (wall time: lowest).', '',
       '## Statistics', '',
       variance_line(results), '',
       *[line for text in significance_lines(results) for line in (text, '')],

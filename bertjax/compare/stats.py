@@ -54,19 +54,31 @@ class Comparison:
     return not math.isnan(self.p_holm) and self.p_holm < ALPHA
 
 
+def _paired(values, base) -> tuple[float, float, int]:
+  """(mean difference, paired two-sided t-test p, pairs) over the first seeds both ran."""
+  n = min(len(values), len(base))
+  diffs = [v - b for v, b in zip(values[:n], base[:n])]
+  p = math.nan
+  if n >= 2 and statistics.pstdev(diffs) > 0:
+    p = float(scipy_stats.ttest_rel(values[:n], base[:n]).pvalue)
+  return (statistics.fmean(diffs) if n else math.nan), p, n
+
+
 def against_baseline(values_by_name: dict[str, list[float]], baseline: str) -> dict:
   """{variant: Comparison} for every variant but the baseline; values are paired by
   position (the same seeds in the same order)."""
-  base = values_by_name.get(baseline, [])
-  raw = {}
-  for name, values in values_by_name.items():
-    if name == baseline:
-      continue
-    n = min(len(values), len(base))
-    diffs = [v - b for v, b in zip(values[:n], base[:n])]
-    p = math.nan
-    if n >= 2 and statistics.pstdev(diffs) > 0:
-      p = float(scipy_stats.ttest_rel(values[:n], base[:n]).pvalue)
-    raw[name] = (statistics.fmean(diffs) if n else math.nan, p, n)
+  return against_baseline_by_task({'': values_by_name}, baseline)['']
+
+
+def against_baseline_by_task(values_by_task: dict[str, dict[str, list[float]]],
+                             baseline: str) -> dict:
+  """{task: {variant: Comparison}}: `against_baseline` on each task, Holm-corrected
+  over every test of every task (one family: the report marks them all)."""
+  raw = {(task, name): _paired(values, by_name.get(baseline, []))
+         for task, by_name in values_by_task.items()
+         for name, values in by_name.items() if name != baseline}
   adjusted = holm([p for _, p, _ in raw.values()])
-  return {name: Comparison(d, p, a, n) for (name, (d, p, n)), a in zip(raw.items(), adjusted)}
+  out = {task: {} for task in values_by_task}
+  for ((task, name), (d, p, n)), a in zip(raw.items(), adjusted):
+    out[task][name] = Comparison(d, p, a, n)
+  return out

@@ -6,7 +6,9 @@ A sweep config (e.g. experiments/masking_sweep.py) holds `variants` (names),
 'data.masking.rate=0.4'; a name that is a masking kind and has none just sets that
 kind), `pretrain` (one pre-training config; data, seed, steps and tokens are equal
 for every variant), `downstream` (a fine-tuning config whose `init` becomes each
-variant's workdir), `downstream_seeds` and `pretrain_seeds`. A variant that changes
+variant's workdir; named `downstream_name`, else its task kind), optionally
+`more_downstream` (name -> fine-tuning config: further tasks, each fine-tuned the
+same way), `downstream_seeds` and `pretrain_seeds`. A variant that changes
 the rate without setting max_predictions gets the max_predictions that holds it. A
 `pmi` variant without a vocabulary gets WORKDIR/pmi_vocab.json, built once from the
 shared tokenizer and the training documents (`pmi_min_count`, `pmi_size`).
@@ -14,12 +16,14 @@ shared tokenizer and the training documents (`pmi_min_count`, `pmi_size`).
 Every variant is also evaluated under the common masking (token, 15%, 80/10/10,
 max_predictions for 15%), so its held-out MLM accuracy compares across variants.
 
-WORKDIR/VARIANT/pretrain and WORKDIR/VARIANT/downstream_SEED are ordinary workdirs
-(config.json, checkpoints, metrics.jsonl, TensorBoard); with several pre-training
-seeds the later ones add pretrain_seedS and downstream_seedS_SEED.
+WORKDIR/VARIANT/pretrain and WORKDIR/VARIANT/downstream_SEED (the first task;
+downstream_TASK_SEED for the others) are ordinary workdirs (config.json,
+checkpoints, metrics.jsonl, TensorBoard); with several pre-training seeds the later
+ones add pretrain_seedS and downstream[_TASK]_seedS_SEED.
 WORKDIR/VARIANT/result.json marks a finished variant. Re-running the command
-resumes: finished variants are read back, an interrupted run continues from its
-last checkpoint.
+resumes: finished variants are read back (a result.json from before a task was
+added, e.g. of a one-task sweep, gets that task's fine-tunes now), an interrupted
+run continues from its last checkpoint.
 """
 from __future__ import annotations
 
@@ -60,6 +64,12 @@ def validate(config) -> None:
                     "variant_overrides.NAME=('data.masking.rate=0.4',)")
   if len(set(config.variants)) != len(config.variants):
     raise UserError(f'variants {list(config.variants)} name a variant twice')
+  names = [name for name, _ in downstream_tasks(config)]
+  if len(set(names)) != len(names):
+    raise UserError(f'downstream tasks {names} name a task twice; give more_downstream '
+                    'tasks names other than downstream_name')
+  for name, task in downstream_tasks(config)[1:]:
+    config_checks.validate_finetune(task, f'more_downstream.{name}.', needs_init=False)
   for name in config.variants:  # an unknown key or a bad value names the variant now
     try:
       config_checks.validate_pretrain(variant_config(config, name, PMI_VOCAB), 'pretrain.')
@@ -110,8 +120,15 @@ def has_common_masking(config) -> bool:
   return not config.model.sbo and all(config.data.masking[k] == common[k] for k in keys)
 
 
-def downstream_config(config, init: str, seed: int):
-  c = config_lib.ConfigDict(config.downstream.to_dict())
+def downstream_tasks(config) -> list[tuple[str, object]]:
+  """(name, fine-tuning config) of each downstream task, `downstream` first."""
+  first = config.get('downstream_name') or config.downstream.task.kind
+  more = dict(config.more_downstream) if 'more_downstream' in config else {}
+  return [(first, config.downstream), *more.items()]
+
+
+def downstream_config(task, init: str, seed: int):
+  c = config_lib.ConfigDict(task.to_dict())
   c.init, c.seed = init, seed
   return c.lock()
 
@@ -192,40 +209,90 @@ def _pretrained(pre, pre_dir: str, tokenizer_dir: str):
   return own['mlm_accuracy'], common
 
 
+def _pretrain_dirs(config, workdir: str) -> list[tuple[int, str, str]]:
+  """(pre-training seed, directory suffix, directory) of each pre-trained model; the
+  first keeps the old layout."""
+  return [(seed, '' if k == 0 else f'_seed{seed}',
+           os.path.join(workdir, 'pretrain' + ('' if k == 0 else f'_seed{seed}')))
+          for k, seed in enumerate(_pretrain_seeds(config))]
+
+
+def _downstream(config, name: str, workdir: str, tasks) -> tuple[dict, dict] | None:
+  """Fine-tunes every pre-trained model of the variant on `tasks` over the downstream
+  seeds; ({task: metric name}, {task: values, pre-training seed first}), or None
+  when preempted."""
+  metrics, values = {}, {}
+  for task_name, task in tasks:
+    metrics[task_name], values[task_name] = task.task.metric, []
+    first = task_name == downstream_tasks(config)[0][0]  # keeps the one-task layout
+    for pre_seed, suffix, pre_dir in _pretrain_dirs(config, workdir):
+      for seed in config.downstream_seeds:
+        reporting.log(f'{name}: fine-tuning on {task_name}, seed {seed}'
+                      + (f' (pre-training seed {pre_seed})' if suffix else ''))
+        ft = downstream_config(task, pre_dir, seed)
+        ft_dir = os.path.join(workdir, f'downstream{"" if first else "_" + task_name}'
+                              f'{suffix}_{seed}')
+        got = finetune.finetune_and_evaluate(ft, ft_dir)
+        if not got:
+          return None
+        values[task_name].append(got[ft.task.metric])
+  return metrics, values
+
+
 def run_variant(config, name: str, workdir: str, tokenizer_dir: str, config_spec: str,
                 pmi_vocab: str = ''):
-  """Pre-trains the variant once per pre-training seed and fine-tunes each model over
-  the downstream seeds; downstream values are ordered pre-training seed first."""
+  """Pre-trains the variant once per pre-training seed and fine-tunes each model on
+  every downstream task over the downstream seeds."""
   base = variant_config(config, name, pmi_vocab)
-  accuracies, downstream = [], []
-  for k, pre_seed in enumerate(_pretrain_seeds(config)):
+  accuracies = []
+  for pre_seed, _, pre_dir in _pretrain_dirs(config, workdir):
     pre = config_lib.apply_overrides(base, [f'seed={pre_seed}'])
-    suffix = '' if k == 0 else f'_seed{pre_seed}'  # the first keeps the old layout
-    pre_dir = os.path.join(workdir, 'pretrain' + suffix)
     got = _pretrained(pre, pre_dir, tokenizer_dir)
     if got is None:
       return None
     accuracies.append(got)
-    for seed in config.downstream_seeds:
-      reporting.log(f'{name}: fine-tuning downstream, seed {seed}'
-                    + (f' (pre-training seed {pre_seed})' if suffix else ''))
-      ft = downstream_config(config, pre_dir, seed)
-      ft_dir = os.path.join(workdir, f'downstream{suffix}_{seed}')
-      metrics = finetune.finetune_and_evaluate(ft, ft_dir)
-      if not metrics:
-        return None
-      downstream.append(metrics[ft.task.metric])
-  first_dir = os.path.join(workdir, 'pretrain')
+  downstream = _downstream(config, name, workdir, downstream_tasks(config))
+  if downstream is None:
+    return None
+  first_dir = _pretrain_dirs(config, workdir)[0][2]
   seconds, tokens_per_sec = _training_figures(os.path.join(first_dir, 'metrics.jsonl'))
   own, common = (float(np.mean(v)) for v in zip(*accuracies))
   return VariantResult(
       name=name, config_path=config_spec, config_hash=config_lib.config_hash(base),
-      mlm_accuracy_token=common, mlm_accuracy_own=own,
-      downstream_metric_name=config.downstream.task.metric, downstream=downstream,
-      tokens_per_sec=tokens_per_sec, wall_seconds=seconds, steps=base.train.steps,
-      tokens=base.train.steps * base.train.batch_size * base.data.seq_len,
+      mlm_accuracy_token=common, mlm_accuracy_own=own, downstream_metrics=downstream[0],
+      downstream=downstream[1], tokens_per_sec=tokens_per_sec, wall_seconds=seconds,
+      steps=base.train.steps, tokens=base.train.steps * base.train.batch_size * base.data.seq_len,
       loss_curve=loss_curve_from_metrics(os.path.join(first_dir, 'metrics.jsonl')),
       pretrain_seeds=len(accuracies))
+
+
+def _read_back(config, name: str, workdir: str, path: str) -> VariantResult | None:
+  """A finished variant's result, with the downstream tasks added to the config since
+  it was written fine-tuned now (result.json then keeps the old tasks' values too);
+  only the configured tasks reach the report. None when preempted."""
+  tasks = downstream_tasks(config)
+  with open(path, encoding='utf-8') as f:
+    result = VariantResult.from_json(json.load(f), tasks[0][0])
+  missing = [(t, task) for t, task in tasks if t not in result.downstream]
+  if missing:
+    reporting.log(f'{name}: done before; fine-tuning the tasks added since: '
+                  + ', '.join(t for t, _ in missing))
+    got = _downstream(config, name, workdir, missing)
+    if got is None:
+      return None
+    result.downstream_metrics.update(got[0])
+    result.downstream.update(got[1])
+    _write_result(result, path)
+  names = [t for t, _ in tasks]
+  return dataclasses.replace(
+      result, downstream={t: result.downstream[t] for t in names},
+      downstream_metrics={t: result.downstream_metrics[t] for t in names})
+
+
+def _write_result(result: VariantResult, path: str) -> None:
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(dataclasses.asdict(result), f, indent=1)
+  os.replace(path + '.tmp', path)
 
 
 def shared_pmi_vocab(config, workdir: str, tokenizer_dir: str) -> str:
@@ -270,18 +337,16 @@ def run(config, workdir: str, config_spec: str) -> list[VariantResult]:
     variant_dir = os.path.join(workdir, kind)
     result_path = os.path.join(variant_dir, RESULT_FILE)
     if os.path.isfile(result_path):
-      with open(result_path, encoding='utf-8') as f:
-        results.append(VariantResult(**json.load(f)))
       reporting.log(f'variant {i + 1}/{len(config.variants)} {kind}: done before, read back')
-      continue
-    reporting.log(f'variant {i + 1}/{len(config.variants)}: {kind}')
-    result = run_variant(config, kind, variant_dir, tokenizer_dir, config_spec, pmi_vocab)
+      result = _read_back(config, kind, variant_dir, result_path)
+    else:
+      reporting.log(f'variant {i + 1}/{len(config.variants)}: {kind}')
+      result = run_variant(config, kind, variant_dir, tokenizer_dir, config_spec, pmi_vocab)
+      if result is not None:
+        _write_result(result, result_path)
     if result is None:
       reporting.log('preempted: re-run the same command to resume the sweep')
       return results
-    with open(result_path + '.tmp', 'w', encoding='utf-8') as f:
-      json.dump(dataclasses.asdict(result), f, indent=1)
-    os.replace(result_path + '.tmp', result_path)
     results.append(result)
   paths = write_report(results, workdir, title=config.title, notes=list(config.notes))
   print(format_table(results))
