@@ -142,8 +142,9 @@ def build(model_cfg, optim_cfg, mesh, rules, objective: Objective | None = None,
     once. Under shard_map over the batch axes each device runs the micro-batches of
     its own rows and keeps its partial gradient sum unreduced (full-size: the price
     of one reduction instead of `accum`); weights sharded over those axes (the
-    student's, and the extra inputs' such as a teacher's) are gathered per
-    micro-batch (FSDP), the gradient sums reduce-scattered back after the loop."""
+    student's, and the extra inputs' such as a teacher's) are gathered once, before
+    the micro-batches, and held whole through them (FSDP's memory saving gives way
+    to one gather a step), the gradient sums reduce-scattered back after the loop."""
     extras = () if extra is None else (extra,)
 
     @core_spmd.logical_axis_rules(inner_rules)  # the batch axes are manual in here
@@ -186,9 +187,11 @@ def build(model_cfg, optim_cfg, mesh, rules, objective: Objective | None = None,
       return objective.loss_from_sums(sums, counts), sums
     return jax.grad(loss_fn, has_aux=True)(params)
 
-  def train_step(state, batch, extra=None):
-    # Dropout derives from (seed, step): a resumed run draws the same masks.
-    dropout_key = jax.random.fold_in(base_key, state['step'])
+  def train_step(state, batch, seed_key, extra=None):
+    # Dropout derives from (seed, step): a resumed run draws the same masks. The seed's
+    # key is an argument, not a constant, so runs that differ only by seed share one
+    # program (and the compilation cache).
+    dropout_key = jax.random.fold_in(seed_key, state['step'])
     counts = objective.batch_counts(batch)
 
     if accum == 1:
@@ -216,9 +219,11 @@ def build(model_cfg, optim_cfg, mesh, rules, objective: Objective | None = None,
         init=jax.jit(init, out_shardings=state_sharding),
         init_from_params=jax.jit(init_from_params, in_shardings=(params_sharding,),
                                  out_shardings=state_sharding),
-        train_step=_with_extra(jax.jit(
-            train_step, in_shardings=(state_sharding, batch_sharding, *extra_shardings),
-            out_shardings=(state_sharding, replicated), donate_argnums=0), extra),
+        train_step=_BoundStep(jax.jit(
+            train_step,
+            in_shardings=(state_sharding, batch_sharding, replicated, *extra_shardings),
+            out_shardings=(state_sharding, replicated), donate_argnums=0),
+            base_key, *(() if extra is None else (extra,))),
         eval_step=jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding),
                           out_shardings=replicated),
         abstract_state=abstract_with_sharding, state_sharding=state_sharding,
@@ -246,8 +251,15 @@ def _reduce(g, spec, batch_axes):
   return jax.lax.psum(g, rest) if rest else g
 
 
-def _with_extra(jitted_step, extra):
-  """The step as (state, batch) -> ..., with the objective's extra inputs passed in."""
-  if extra is None:
-    return jitted_step
-  return lambda state, batch: jitted_step(state, batch, extra)
+class _BoundStep:
+  """The jitted step as (state, batch) -> (state, metrics), called (and lowered) with
+  its seed's key and the objective's extra inputs passed in."""
+
+  def __init__(self, jitted_step, *bound):
+    self.jitted_step, self.bound = jitted_step, bound
+
+  def __call__(self, state, batch):
+    return self.jitted_step(state, batch, *self.bound)
+
+  def lower(self, state, batch):
+    return self.jitted_step.lower(state, batch, *self.bound)

@@ -21,18 +21,20 @@ QUICKSTART = os.path.join(ROOT, 'experiments', 'quickstart.py')
 REDUCES = re.compile(r'\b(all-reduce|reduce-scatter)(-start)?\(')
 
 
-def build(mesh, accum, objective=None):
+def build(mesh, accum, objective=None, seed=None, overrides=()):
   """The steps, mesh, rules and config; `objective(model_cfg, mesh, rules)` replaces
-  pre-training's."""
+  pre-training's; `seed` the config's; `overrides` more config overrides."""
   c = config_lib.load_config(QUICKSTART + ':local')
   c = config_lib.apply_overrides(c, [f'mesh.{k}={v}' for k, v in mesh.items()]
-                                 + [f'train.grad_accum_steps={accum}', 'train.batch_size=32'])
+                                 + [f'train.grad_accum_steps={accum}', 'train.batch_size=32',
+                                    *overrides])
   model_cfg = BertConfig.from_dict({**c.model.to_dict(), 'vocab_size': 512})
   mesh_ = sharding.make_mesh(c.mesh)
   rules = sharding.rules_from_config(c.mesh)
   objective = objective and objective(c, model_cfg, mesh_, rules)
   fns = steps.build(model_cfg, c.optim, mesh_, rules, objective, total_steps=c.train.steps,
-                    batch_size=c.train.batch_size, grad_accum_steps=accum, seed=c.seed)
+                    batch_size=c.train.batch_size, grad_accum_steps=accum,
+                    seed=c.seed if seed is None else seed)
   return fns, mesh_, rules, c
 
 
