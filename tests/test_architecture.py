@@ -1,6 +1,7 @@
 """The house rules of the package's import graph: no cycles, and the lower rooms
 (models, data) do not reach into each other or upwards."""
 import ast
+import re
 import os
 
 from conftest import ROOT
@@ -73,3 +74,13 @@ def test_models_and_data_stay_in_their_rooms():
       assert not [t for t in targets if t.startswith(('bertjax.data', 'bertjax.tasks'))], module
     if module.startswith('bertjax.data'):
       assert not [t for t in targets if t.startswith('bertjax.models')], module
+
+
+def test_the_architecture_page_lists_every_module_and_no_other():
+  with open(os.path.join(ROOT, 'docs', 'ARCHITECTURE.md'), encoding='utf-8') as f:
+    listed = set(re.findall(r'^\| `([\w/]+\.py)` \|', f.read(), re.MULTILINE))
+  modules = {os.path.relpath(os.path.join(root, name), PACKAGE).replace(os.sep, '/')
+             for root, _, files in os.walk(PACKAGE) for name in files
+             if name.endswith('.py') and name not in ('__init__.py', '__main__.py')}
+  assert modules - listed == set(), 'add a line to docs/ARCHITECTURE.md for each'
+  assert listed - modules == set(), 'these are gone: remove their lines'
