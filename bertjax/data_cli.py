@@ -22,6 +22,14 @@ def _no_overrides(overrides, command):
     raise UserError(f'data {command} takes no --config flags (got {overrides[0]!r})')
 
 
+def _check_writable_url(out_dir: str) -> None:
+  """A wrong bucket or missing credentials: one line before the work, not a traceback
+  after it (a local directory is made when written)."""
+  from bertjax import storage
+  if storage.is_url(out_dir):
+    storage.check_writable(out_dir)
+
+
 def _documents(args):
   from bertjax.data import corpus
   return corpus.load_documents(args.corpus, num_embedded=args.embedded_documents,
@@ -32,6 +40,7 @@ def _tokenizer(args, overrides):
   _no_overrides(overrides, 'tokenizer')
   import tqdm
   from bertjax.data import tokenizer
+  _check_writable_url(args.out)
   documents = _documents(args)
   sentences = (s for doc in tqdm.tqdm(documents, desc='training SentencePiece', unit='doc',
                                       disable=None) for s in doc)
@@ -68,6 +77,7 @@ def _pmi(args, overrides):
   _no_overrides(overrides, 'pmi')
   import tqdm
   from bertjax.data import pmi, prepared, tokenizer
+  _check_writable_url(os.path.dirname(args.out))
   tok = tokenizer.load(args.tokenizer)
   if prepared.is_prepared(args.corpus):  # already tokenized (checked against --tokenizer)
     sentences = (s.tolist() for split in prepared.read_manifest(args.corpus)['splits']
