@@ -22,6 +22,14 @@ def _no_overrides(overrides, command):
     raise UserError(f'data {command} takes no --config flags (got {overrides[0]!r})')
 
 
+def _check_writable_url(out_dir: str) -> None:
+  """A wrong bucket or missing credentials: one line before the work, not a traceback
+  after it (a local directory is made when written)."""
+  from bertjax import storage
+  if storage.is_url(out_dir):
+    storage.check_writable(out_dir)
+
+
 def _documents(args):
   from bertjax.data import corpus
   return corpus.load_documents(args.corpus, num_embedded=args.embedded_documents,
@@ -32,6 +40,7 @@ def _tokenizer(args, overrides):
   _no_overrides(overrides, 'tokenizer')
   import tqdm
   from bertjax.data import tokenizer
+  _check_writable_url(args.out)
   documents = _documents(args)
   sentences = (s for doc in tqdm.tqdm(documents, desc='training SentencePiece', unit='doc',
                                       disable=None) for s in doc)
@@ -68,6 +77,9 @@ def _pmi(args, overrides):
   _no_overrides(overrides, 'pmi')
   import tqdm
   from bertjax.data import pmi, prepared, tokenizer
+  _check_writable_url(os.path.dirname(args.out))
+  min_count = pmi.DEFAULT_MIN_COUNT if args.min_count is None else args.min_count
+  size = pmi.DEFAULT_SIZE if args.size is None else args.size
   tok = tokenizer.load(args.tokenizer)
   if prepared.is_prepared(args.corpus):  # already tokenized (checked against --tokenizer)
     sentences = (s.tolist() for split in prepared.read_manifest(args.corpus)['splits']
@@ -76,13 +88,12 @@ def _pmi(args, overrides):
     documents = _documents(args)
     sentences = (tok.encode(s) for d in tqdm.tqdm(documents, desc='counting n-grams',
                                                   unit='doc', disable=None) for s in d)
-  ngrams = pmi.build(sentences, tok, min_count=args.min_count, size=args.size,
-                     max_n=args.max_n)
-  pmi.save(args.out, ngrams, tok, min_count=args.min_count, max_n=args.max_n,
+  ngrams = pmi.build(sentences, tok, min_count=min_count, size=size, max_n=args.max_n)
+  pmi.save(args.out, ngrams, tok, min_count=min_count, max_n=args.max_n,
            corpus=args.corpus)
   shown = ', '.join(repr(g['text']) for g in ngrams[:5])
   print(f'wrote {args.out}: {len(ngrams)} n-grams of 2..{args.max_n} words seen at least '
-        f'{args.min_count} times (highest PMI: {shown}); mask with '
+        f'{min_count} times (highest PMI: {shown}); mask with '
         f'--config.data.masking.kind=pmi --config.data.masking.pmi_vocab={args.out}')
 
 
@@ -211,10 +222,14 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
   pmi_cmd.add_argument('--tokenizer', required=True,
                        help='directory with spm.model or vocab.txt: the training run\'s tokenizer')
   pmi_cmd.add_argument('--out', required=True, help='the vocabulary file to write (JSON)')
-  pmi_cmd.add_argument('--min_count', type=int, default=10,
-                       help='n-grams seen fewer times are not scored')
-  pmi_cmd.add_argument('--size', type=int, default=800_000,
-                       help='n-grams to keep, highest PMI first (the paper keeps ~800K)')
+  # Defaults in bertjax.data.pmi, resolved when the command runs: the parser imports
+  # no data module, so `bertjax --help` stays quick.
+  pmi_cmd.add_argument('--min_count', type=int,
+                       help='n-grams seen fewer times are not scored (default: '
+                       'DEFAULT_MIN_COUNT in bertjax/data/pmi.py)')
+  pmi_cmd.add_argument('--size', type=int,
+                       help='n-grams to keep, highest PMI first (default: DEFAULT_SIZE in '
+                       'bertjax/data/pmi.py, as the paper keeps ~800K)')
   pmi_cmd.add_argument('--max_n', type=int, default=5, help='longest n-gram in words (2..5)')
   pmi_cmd.set_defaults(run=_pmi)
 

@@ -107,7 +107,7 @@ def model_card(config, source: weights_lib.Weights, workdir: str) -> str:
   if 'task' in config:
     title = f'BERT fine-tuned with bertjax ({config.task.kind})'
     head_text = f'{hf_class} head' + (f' over labels {", ".join(source.label_names)}'
-                                  if source.label_names else '')
+                                      if source.label_names else '')
     training = (f'- fine-tuned from `{config.init}` on `{config.task.train}`, sequence length '
                 f'{config.task.seq_len}; the weights of step {source.step} (best '
                 f'{config.task.metric} on the eval split)')
@@ -116,8 +116,8 @@ def model_card(config, source: weights_lib.Weights, workdir: str) -> str:
     head_text = 'masked-LM (decoder tied to the word embeddings) and next-sentence prediction'
     if config.model.get('sbo'):
       head_text += ('. It was pre-trained with SpanBERT\'s span-boundary objective '
-                '(model.sbo); that head is not part of the Hugging Face model and is not '
-                'exported')
+                    '(model.sbo); that head is not part of the Hugging Face model and is not '
+                    'exported')
     training = (f'- steps: {source.step} of {config.train.steps}, batch '
                 f'{config.train.batch_size}, sequence length {config.data.seq_len}\n'
                 f'- data: `{config.data.corpus}`; masking `{config.data.masking.kind}` at rate '

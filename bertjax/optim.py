@@ -133,9 +133,8 @@ def make_optimizer(optim_cfg, total_steps: int, num_layers: int) -> optax.Gradie
 
 
 def applied_grad_norm(grads, labels):
-  """The global norm of the gradients the optimizer applies (`labels`: param_labels'
-  of them): frozen ones are computed but zeroed, so they are left out, as from the
-  norm `clip_by_global_norm` clips by."""
+  """The global norm of the gradients `labels` (their `param_labels`) marks 'trained',
+  the norm `clip_by_global_norm` clips by: frozen ones are computed but never applied."""
   label_leaves = jax.tree.leaves(labels)
   return optax.tree.norm([g for g, label in zip(jax.tree.leaves(grads), label_leaves)
                           if label == 'trained'])

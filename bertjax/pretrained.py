@@ -62,7 +62,7 @@ class PretrainedModel:
       logits, out.seq_relationship_logits = module.head(hidden, pooled, every_position)
       # The real vocabulary's columns, as `transformers` returns them.
       out.prediction_logits = logits[..., :self.config.vocab_size]
-    elif self.kind in ('sequence_classification', 'token_classification'):
+    elif heads.kind_of(self.kind).labelled:  # one logit per label, as `transformers`
       out.logits = module.head(hidden, pooled)
     elif self.kind == 'question_answering':
       out.start_logits, out.end_logits = module.head(hidden, pooled)

@@ -9,11 +9,15 @@ or whose process is gone from this same host, is stale and taken over with a mes
 `bertjax unlock --workdir W` breaks a lock deliberately.
 
 Where the lock lives decides how it is made atomic. A local (or network) file is
-linked into place (fails if one exists) and rewritten by rename; a stale one is taken
-over by one run alone (`_LocalLockFile.remove`). A `gs://` object is created with
-the precondition "no generation yet" (ifGenerationMatch=0) and rewritten or deleted
-only if its generation is still the one read, so of two runs creating or taking over
-the lock exactly one wins, and a heartbeat never overwrites a lock another run took.
+linked into place (fails if one exists) and rewritten by rename. A file has no
+compare-and-swap, so a heartbeat and a take-over of a stale lock both first claim the
+very file they read with a hard link (`_LocalLockFile._claim`): one run alone takes a
+stale lock over, and a holder judged stale but alive never overwrites the lock another
+run took, unless it stalls for CLAIM_EXPIRES_SECONDS while holding a claim (the claim
+is then dropped as abandoned). A `gs://` object is created with the precondition "no
+generation yet" (ifGenerationMatch=0) and rewritten or deleted only if its generation
+is still the one read, so of two runs creating or taking over the lock exactly one
+wins, and a heartbeat never overwrites a lock another run took.
 """
 from __future__ import annotations
 
@@ -108,33 +112,31 @@ class _LocalLockFile:
     return data, (stat.st_dev, stat.st_ino, hashlib.sha256(data).hexdigest())
 
   def replace(self, data: bytes, version) -> bool:
-    del version  # only the holder rewrites its lock, and a rename has no precondition
-    tmp = f'{self.path}.{uuid.uuid4().hex}.tmp'
-    with open(tmp, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, self.path)
-    return True
+    """Rewrites the lock file `read` returned as `version` (a heartbeat) if it is still
+    the one in place: a holder judged stale and taken over does not overwrite the new
+    holder's lock. It claims that file as `remove` does, so of a heartbeat and a
+    take-over of one version exactly one goes on."""
+    with self._claim(version) as claimed:
+      if not claimed:
+        return False
+      tmp = f'{self.path}.{uuid.uuid4().hex}.tmp'
+      with open(tmp, 'wb') as f:
+        f.write(data)
+      os.replace(tmp, self.path)
+      return True
 
   def remove(self, version) -> bool:
     """Removes the lock file `read` returned as `version` if it is still the one in
     place. Of several runs removing one stale lock at once, one does; the others find
     the new holder's lock afterwards, never remove it.
 
-    No system call removes a name only if it is a given file, so: the remover links a
-    claim named after that file (one link of several succeeds), checks that the claim
-    is that file, then moves the lock aside and checks what it moved (a lock that
-    replaced the one read, e.g. its holder's heartbeat, is put back).
+    No system call removes a name only if it is a given file, so: the remover claims
+    that file (`_claim`), then moves the lock aside and checks what it moved (a lock
+    put in its place meanwhile, possible only once a claim was dropped as abandoned, is
+    put back).
     """
-    claim = f'{self.path}.takeover-{version[1]}-{version[2][:16]}'
-    try:
-      os.link(self.path, claim)
-    except FileNotFoundError:
-      return False
-    except FileExistsError:
-      self._drop_if_abandoned(claim)
-      return False
-    try:
-      if not self._is(claim, version):  # the lock changed after it was read
+    with self._claim(version) as claimed:
+      if not claimed:
         return False
       aside = f'{self.path}.stale-{uuid.uuid4().hex}'
       try:
@@ -149,6 +151,28 @@ class _LocalLockFile:
         return False
       finally:
         os.remove(aside)
+
+  @contextlib.contextmanager
+  def _claim(self, version):
+    """Yields whether this process alone may change the lock file `version` names.
+
+    The claim is a link to the lock named after that file: one link of several
+    succeeds, and the claim must then be that file (the lock did not change after it
+    was read). While it is held, no other heartbeat or take-over of that file goes on;
+    one of a newer file cannot pass its own check.
+    """
+    claim = f'{self.path}.claim-{version[1]}-{version[2][:16]}'
+    try:
+      os.link(self.path, claim)
+    except FileNotFoundError:
+      yield False
+      return
+    except FileExistsError:
+      self._drop_if_abandoned(claim)
+      yield False
+      return
+    try:
+      yield self._is(claim, version)
     finally:
       with contextlib.suppress(FileNotFoundError):  # dropped as abandoned meanwhile
         os.remove(claim)
@@ -334,11 +358,21 @@ class RunLock:
       self._file.remove(version)
 
 
-def break_lock(workdir) -> Holder | None:
-  """Removes the lock of `workdir` (`bertjax unlock`); returns whom it named."""
+def break_lock(workdir, attempts: int = 5) -> Holder | None:
+  """Removes the lock of `workdir` (`bertjax unlock`); returns whom it named, or None
+  if it was not locked. A lock that changes between reading and removing it (a
+  heartbeat, another unlock or take-over) is read again; if it keeps changing, nothing
+  was removed, and that is a UserError."""
   lock = _lock_file(workdir)
-  data, version = (None, None) if lock is None else lock.read()
-  if data is None:
+  if lock is None:
     return None
-  lock.remove(version)
-  return _parse(data)
+  for attempt in range(attempts):
+    data, version = lock.read()
+    if data is None:
+      return None
+    if lock.remove(version):
+      return _parse(data)
+    time.sleep(0.05 * (attempt + 1))
+  raise UserError(f'{workdir}: nothing was removed: the lock of {_parse(data).describe()} '
+                  'changed after each read or another command is removing it; check that '
+                  'its run has stopped and run `bertjax unlock` again')

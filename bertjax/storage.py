@@ -114,7 +114,10 @@ def glob(pattern: str | os.PathLike) -> list[str]:
     raise UserError(f'{pattern}: a URL glob takes wildcards after the bucket, one directory '
                     'level each (no "**"), e.g. gs://bucket/corpus/*.txt')
   base = as_path(f'{scheme}://' + '/'.join(parts[:first]))
-  return sorted(os.fspath(p) for p in base.glob('/'.join(parts[first:])))
+  try:
+    return sorted(os.fspath(p) for p in base.glob('/'.join(parts[first:])))
+  except OSError as e:  # a missing bucket, no credentials, no access: one line
+    raise UserError(_explain(pattern, scheme, e, action='read')) from None
 
 
 def upload_tree(local_dir: str | os.PathLike, dst: str | os.PathLike,
@@ -241,8 +244,9 @@ def _check_reachable(path: str, endpoint: str, timeout: float = 10.0) -> None:
                     ) from None
 
 
-def _explain(path: str, scheme: str, e: Exception) -> str:
-  """The one line for an exception the storage libraries raised writing `path`.
+def _explain(path: str, scheme: str, e: Exception, action: str = 'write') -> str:
+  """The one line for an exception the storage libraries raised on `path` (`action`
+  names what was tried: 'write' or 'read').
 
   gcsfs raises FileNotFoundError when the bucket does not exist (an upload answered
   404), its HttpError with code 401 when no credentials were found (it then falls
@@ -264,10 +268,11 @@ def _explain(path: str, scheme: str, e: Exception) -> str:
     if code in (401, '401') or type(e).__name__ in ('DefaultCredentialsError', 'RefreshError'):
       return f'{path}: no usable Google Cloud credentials ({text}): {auth_fix}'
     if code in (403, '403') or lines[0].startswith('Forbidden'):
-      return (f'{path}: the credentials in use may not write to gs://{bucket} ({text}): '
+      return (f'{path}: the credentials in use may not {action} '
+              f'{"to" if action == "write" else "from"} gs://{bucket} ({text}): '
               f'grant them roles/storage.objectAdmin on the bucket, or {auth_fix}')
   if isinstance(e, PermissionError):
     return f'{path}: permission denied ({text}): choose a directory you can write to'
   if isinstance(e, ImportError):
     return f'{path}: {text}: install the filesystem package this URL scheme needs'
-  return f'{path}: cannot write there ({type(e).__name__}: {text}): check the path'
+  return f'{path}: cannot {action} there ({type(e).__name__}: {text}): check the path'

@@ -432,3 +432,39 @@ def test_check_writable_names_a_local_path_it_cannot_create(tmp_path):
   with pytest.raises(UserError, match=r'cannot write there \(.*Error'):
     storage.check_writable(tmp_path / 'file' / 'run')
   assert (tmp_path / 'file').read_text() == 'x'
+
+
+def test_a_missing_bucket_is_one_line_before_any_work(gcs_bucket, tmp_path, monkeypatch,  # noqa: F811
+                                                     capsys):
+  """Globs (text corpora, TSV task files) and the --out of `data tokenizer` / `data pmi`
+  in a bucket that does not exist: one line naming it, exit 2, nothing trained or
+  counted first."""
+  from bertjax import data_cli  # pylint: disable=import-outside-toplevel
+  from bertjax.cli import main  # pylint: disable=import-outside-toplevel
+  from bertjax.data import embedded, pmi, text_files, tsv  # pylint: disable=import-outside-toplevel
+  from bertjax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  missing = f'gs://no-such-{uuid.uuid4().hex[:8]}'
+  assert storage.glob(f'{gcs_bucket}/no-such-prefix/*.txt') == []  # a bucket that exists
+  for read in (storage.glob, text_files.text_paths, tsv.paths):
+    with pytest.raises(UserError, match=rf'bucket {missing} does not exist: create it'):
+      read(f'{missing}/c/*.txt')
+
+  tokenizer_lib.train_sentencepiece(
+      (s for d in embedded.embedded_documents(100, seed=0) for s in d),
+      str(tmp_path / 'tok' / 'spm.model'), vocab_size=150)
+
+  def no_work(*args, **kwargs):
+    raise AssertionError('work started before the --out was checked')
+  for argv in (['data', 'inspect', '--corpus', f'{missing}/c/*.txt', '--tokenizer',
+                str(tmp_path / 'tok')],
+               ['data', 'tokenizer', '--corpus', 'embedded', '--out', f'{missing}/tok',
+                '--vocab_size', '150'],
+               ['data', 'pmi', '--corpus', 'embedded', '--tokenizer', str(tmp_path / 'tok'),
+                '--out', f'{missing}/v.json']):
+    if argv[1] != 'inspect':  # inspect reads the corpus: that is where it fails
+      monkeypatch.setattr(data_cli, '_documents', no_work)
+      monkeypatch.setattr(pmi, 'build', no_work)
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.startswith('bertjax: error: ') and err.count('\n') == 1, err
+    assert f'bucket {missing} does not exist' in err

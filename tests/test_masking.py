@@ -400,7 +400,7 @@ def test_token_choice_is_the_k_smallest_scores_ties_to_the_earlier_position():
   candidate[0] = False  # a row with nothing to choose
   k = np.where(candidate.sum(1) > 0, np.random.default_rng(1).integers(1, 12, 64), 0)
   k = np.minimum(k, candidate.sum(1))
-  chosen = masking._choose_tokens(candidate, k, 12, _CoarseUniforms(2))
+  chosen = masking._choose_tokens(candidate, k, _CoarseUniforms(2))
   scores = np.where(candidate, _CoarseUniforms(2).random(candidate.shape), 2.0)
   order = np.argsort(scores, axis=1, kind='stable')  # the definition: a stable sort
   want = np.zeros_like(candidate)

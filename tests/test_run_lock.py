@@ -89,6 +89,19 @@ def test_a_lock_rewritten_after_it_was_read_is_not_removed(tmp_path):
   assert os.listdir(tmp_path) == ['.lock']
 
 
+def test_a_heartbeat_does_not_overwrite_a_lock_taken_over_since_it_was_read(tmp_path):
+  lock = run_lock._lock_file(tmp_path)  # pylint: disable=protected-access
+  _write_lock(tmp_path, run_id='slow')
+  _, version = lock.read()  # the slow holder's heartbeat reads its lock, then stalls
+  assert lock.remove(version) and lock.create(b'{"run_id": "new"}')  # judged stale
+  assert not lock.replace(b'{"run_id": "slow"}', version)
+  assert json.loads((tmp_path / '.lock').read_text())['run_id'] == 'new'
+  _, version = lock.read()
+  os.link(tmp_path / '.lock', f'{tmp_path}/.lock.claim-{version[1]}-{version[2][:16]}')
+  assert not lock.replace(b'{"run_id": "slow"}', version)  # a take-over has claimed it
+  assert json.loads((tmp_path / '.lock').read_text())['run_id'] == 'new'
+
+
 def test_lock_expires_without_heartbeat(tmp_path):
   _write_lock(tmp_path, heartbeat=time.time() - 60)  # another host, heartbeat fresh enough
   with pytest.raises(UserError, match='in use by'):
@@ -120,6 +133,33 @@ def test_unlock_command(tmp_path, capsys):
   assert not (tmp_path / '.lock').exists()
   assert main(['unlock', '--workdir', str(tmp_path)]) == 0
   assert 'was not locked' in capsys.readouterr().out
+
+
+def test_unlock_reads_a_lock_again_that_changed_before_it_was_removed(tmp_path, capsys,
+                                                                      monkeypatch):
+  remove = run_lock._LocalLockFile.remove  # pylint: disable=protected-access
+  heartbeats = []
+
+  def heartbeat_first(lock, version):
+    if not heartbeats:  # the holder's heartbeat lands between unlock's read and remove
+      heartbeats.append(1)
+      _write_lock(tmp_path, command='bertjax train --beat')
+    return remove(lock, version)
+  monkeypatch.setattr(run_lock._LocalLockFile, 'remove', heartbeat_first)  # pylint: disable=protected-access
+  _write_lock(tmp_path)
+  assert main(['unlock', '--workdir', str(tmp_path)]) == 0
+  assert 'removed the lock that `bertjax train --beat`' in capsys.readouterr().out
+  assert not (tmp_path / '.lock').exists()
+
+
+def test_unlock_says_plainly_when_it_removed_nothing(tmp_path, capsys):
+  _write_lock(tmp_path)
+  _, version = run_lock._lock_file(tmp_path).read()  # pylint: disable=protected-access
+  os.link(tmp_path / '.lock', f'{tmp_path}/.lock.claim-{version[1]}-{version[2][:16]}')
+  assert main(['unlock', '--workdir', str(tmp_path)]) == 2  # another command is removing it
+  err = capsys.readouterr().err
+  assert 'nothing was removed' in err and err.count('\n') == 1, err
+  assert run_lock.read_holder(tmp_path).run_id == 'other'
 
 
 def test_a_second_train_on_a_busy_workdir_exits_at_once(tmp_path, capsys):

@@ -159,8 +159,8 @@ def test_hugging_face_weights_land_on_the_target_shardings(tmp_path, hf_class, k
 def tiny_hf_dir(path, hf_class='BertForPreTraining', layers=2):
   """A random `transformers` BERT saved with its vocabulary: the directory a run's
   `init` (or a teacher) may name."""
-  transformers = pytest.importorskip('transformers')
   import torch
+  import transformers
   vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *'abcdefghijklmnopqrstuvwxyz']
   hf_cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32,
                                    num_hidden_layers=layers, num_attention_heads=4,

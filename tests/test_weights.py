@@ -147,8 +147,9 @@ def test_classifier_of_another_label_count_is_refused(tmp_path):
 @pytest.mark.parametrize('kind', sorted(heads.KINDS))
 def test_the_head_kind_table_names_every_weight_of_its_module(kind):
   """heads.KINDS is what every module reads about a kind: its names map the module's
-  params one to one, its class is a `transformers` class, its groups cover its head."""
-  from flax import nnx
+  params one to one, its class is a `transformers` class, its groups cover its head,
+  and its label weight has one row per label (a kind without one takes no label count)."""
+  import math
   from bertjax import hf_weights
   from bertjax.models.bert import BertConfig
   head = heads.KINDS[kind]
@@ -159,7 +160,15 @@ def test_the_head_kind_table_names_every_weight_of_its_module(kind):
   names = hf_weights.name_map(kind, 2)
   assert sorted(p for _, p, _ in names) == sorted(ours)
   assert hasattr(transformers, head.hf_class)
-  assert isinstance(heads.build(kind, cfg, rngs=nnx.Rngs(0)), head.module)
+  three = weights.abstract_params(kind, cfg, num_labels=3)
+  if head.labelled:
+    path, layout = next((p, l) for n, p, l in names if n == head.labels_weight)
+    kernel = three
+    for key in path:
+      kernel = kernel[key]
+    assert math.prod(kernel.shape[layout[1]:]) == 3  # transformers' rows: the labels
+  else:
+    assert jax.tree.map(lambda a: a.shape, three) == jax.tree.map(lambda a: a.shape, params)
   outside_encoder = [n for n, _, _ in names if not n.startswith(('bert.', 'embeddings.',
                                                                  'encoder.', 'pooler.'))]
   assert all(n.startswith(head.hf_prefixes) for n in outside_encoder)

@@ -70,11 +70,11 @@ def _rows(data_cfg, workdir: str):
 
 def _pmi_vocab(corpus: str, tok, workdir: str) -> str:
   """A PMI vocabulary of the corpus's training split, as `bertjax data pmi` builds it
-  by default (at least 10 occurrences, up to 800,000 n-grams of 2..5 words)."""
+  by default."""
   sentences = (s.tolist() for d in prepared.load_prepared(corpus, 'train', tok) for s in d)
   path = os.path.join(workdir, 'pmi.json')
-  pmi.save(path, pmi.build(sentences, tok, min_count=10, size=800_000), tok, min_count=10,
-           max_n=pmi.MAX_N, corpus=corpus)
+  ngrams = pmi.build(sentences, tok, min_count=pmi.DEFAULT_MIN_COUNT, size=pmi.DEFAULT_SIZE)
+  pmi.save(path, ngrams, tok, min_count=pmi.DEFAULT_MIN_COUNT, max_n=pmi.MAX_N, corpus=corpus)
   return path
 
 
@@ -111,7 +111,7 @@ def measure(corpus: str, *, kinds=None, seq_len: int = 128, batch: int = 256,
     sources = {packing: _rows(data_config(corpus, kind=kinds[0], seq_len=seq_len,
                                           packing=packing), workdir)
                for packing in (False, True)}
-    vocab = {}  # built once, when a kind needs it
+    pmi_vocab = None  # built once, when a kind needs it
     for kind in kinds:
       row = dict(kind=kind, core=core, seq_len=seq_len, batch=batch, batches=batches,
                  target=TARGETS.get(kind))
@@ -121,9 +121,9 @@ def measure(corpus: str, *, kinds=None, seq_len: int = 128, batch: int = 256,
                           f'than one batch of {batch}; lower --batch or prepare more text')
         cfg = data_config(corpus, kind=kind, seq_len=seq_len, packing=packing)
         if kind == 'pmi':
-          if 'pmi' not in vocab:
-            vocab['pmi'] = _pmi_vocab(corpus, tok, workdir)
-          cfg.masking.pmi_vocab = vocab['pmi']
+          if pmi_vocab is None:
+            pmi_vocab = _pmi_vocab(corpus, tok, workdir)
+          cfg.masking.pmi_vocab = pmi_vocab
         try:
           figures = _time_batches(rows, tok, cfg, batch=batch, batches=batches)
         except UserError as e:  # a kind that needs more than the corpus has

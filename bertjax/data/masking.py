@@ -85,7 +85,7 @@ def mask(ids_BL, word_start_BL, special_BL, *, kind: str, rate: float,
   k_B = np.where(n_B > 0, np.minimum(p, np.maximum(1, np.rint(n_B * rate))), 0).astype(np.int64)
 
   if kind == 'token':
-    chosen_BL = _choose_tokens(candidate_BL, k_B, p, rng)
+    chosen_BL = _choose_tokens(candidate_BL, k_B, rng)
   else:
     words = _Words(candidate_BL, np.asarray(word_start_BL, bool))
     if kind == 'pmi':
@@ -148,10 +148,9 @@ def _check_options(kind, rate, span_p, max_span, max_ngram, mask_prob, random_pr
       raise UserError(f'masking {name} {value!r} must be a positive integer')
 
 
-def _choose_tokens(candidate_BL, k_B, p, rng):
+def _choose_tokens(candidate_BL, k_B, rng):
   """A uniformly random subset of size k: the k candidates with the smallest scores
   (ties, which doubles make all but impossible, go to the earlier position)."""
-  del p  # k <= p already
   batch, length = candidate_BL.shape
   scores_BL = np.where(candidate_BL, rng.random((batch, length)), 2.0)
   # Each row's k-th smallest score by one partial sort (k varies by row: partition at

@@ -28,6 +28,10 @@ from bertjax.errors import UserError
 
 FORMAT, VERSION = 'bertjax-pmi-vocab', 1
 MAX_N = 5
+# `bertjax data pmi`'s defaults: n-grams seen fewer times are not scored; n-grams kept
+# (the paper keeps ~800K)
+DEFAULT_MIN_COUNT = 10
+DEFAULT_SIZE = 800_000
 
 
 class NgramVocab:
