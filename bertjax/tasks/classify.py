@@ -133,7 +133,7 @@ def _float_label(raw, where: str) -> float:
   return value
 
 
-def _logits(model, batch, rngs=None):
+def logits(model, batch, rngs=None):
   return model(batch['input_ids'], batch['token_type_ids'], batch['attention_mask'],
                rngs=rngs)
 
@@ -143,7 +143,10 @@ def batch_count(batch):
 
 
 def batch_sums(model, batch, rngs=None):
-  logits_BC = _logits(model, batch, rngs)
+  return sums_from_logits(batch, logits(model, batch, rngs))
+
+
+def sums_from_logits(batch, logits_BC):
   tokens = batch['attention_mask'].sum().astype(jnp.float32)
   if logits_BC.shape[-1] == 1:  # regression: mean squared error
     error_B = logits_BC[:, 0] - batch['labels']
@@ -151,6 +154,11 @@ def batch_sums(model, batch, rngs=None):
   weights_B = jnp.ones(batch['labels'].shape, jnp.float32)
   return dict(**common.classification_sums(logits_BC, batch['labels'], weights_B),
               tokens=tokens)
+
+
+def soft_targets(batch, logits_BC):
+  """One distribution per row (a regression row: its one value)."""
+  return (logits_BC,), jnp.ones(logits_BC.shape[:1], jnp.float32)
 
 
 def train_metrics(sums) -> dict:
@@ -162,8 +170,7 @@ def train_metrics(sums) -> dict:
 
 
 def predict(model, batch) -> dict:
-  logits_BC = _logits(model, batch)
-  return dict(logits=logits_BC)
+  return dict(logits=logits(model, batch))
 
 
 def compute_metrics(outputs, split: common.Split) -> dict[str, float]:
