@@ -177,13 +177,13 @@ def compute_metrics(outputs, split: common.Split) -> dict[str, float]:
   """GLUE's metrics: accuracy, F1 (of class 1 for two classes, else macro), Matthews
   correlation; for regression Pearson and Spearman correlation."""
   labels = split.features['labels']
-  logits = outputs['logits']
+  logits_NC = outputs['logits']
   if split.meta['regression']:
-    predictions = logits[:, 0]
+    predictions = logits_NC[:, 0]
     return dict(pearson=pearson(predictions, labels), spearman=spearman(predictions, labels),
                 mse=float(np.mean((predictions - labels) ** 2)))
-  predictions = logits.argmax(-1)
-  num_classes = max(len(split.label_names), logits.shape[-1])
+  predictions = logits_NC.argmax(-1)
+  num_classes = max(len(split.label_names), logits_NC.shape[-1])
   return dict(accuracy=float(np.mean(predictions == labels)),
               f1=f1(predictions, labels, num_classes),
               matthews_corr=matthews_corr(predictions, labels, num_classes))
