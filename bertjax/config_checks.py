@@ -108,6 +108,8 @@ def validate_finetune(c, prefix: str, needs_init: bool = True) -> None:
                     f'pass --config.{prefix}train.epochs=3 (or train.steps=N)')
   _at_least(prefix + 'train.eval_batch_size', t.eval_batch_size, 1)
   _common(c, prefix)
+  if 'distill' in c:
+    _distill(c.distill, prefix, c.init)
   _seq_len(prefix + 'task.seq_len', c.task.seq_len, MIN_TASK_SEQ_LEN, '[CLS] text [SEP]', c,
            prefix)
   dropout = c.task.get('classifier_dropout')
@@ -190,17 +192,22 @@ def _optim(o, prefix: str) -> None:
 
 
 def _distill(d, prefix: str, init: str) -> None:
+  """Pre-training's group (alpha_ce, alpha_mlm, alpha_cos, init_from_teacher) or
+  fine-tuning's (alpha_ce, alpha_task)."""
   key = prefix + 'distill.'
-  for name in ('alpha_ce', 'alpha_mlm', 'alpha_cos'):
+  alphas = sorted(name for name in d.keys() if name.startswith('alpha_'))
+  for name in alphas:
     _at_least(key + name, d[name], 0)
   _positive(key + 'temperature', d.temperature)
-  if d.teacher and not d.alpha_ce + d.alpha_mlm + d.alpha_cos > 0:
-    raise UserError(f'{key}alpha_ce, alpha_mlm and alpha_cos are all 0: nothing to train on; '
-                    f'pass e.g. --config.{key}alpha_ce=5.0')
-  if d.init_from_teacher and not d.teacher:
+  if d.teacher and not sum(d[name] for name in alphas) > 0:
+    raise UserError(f'{key}{", ".join(alphas)} are all 0: nothing to train on; pass e.g. '
+                    f'--config.{key}alpha_ce=1.0')
+  if not d.get('init_from_teacher'):
+    return
+  if not d.teacher:
     raise UserError(f'{key}init_from_teacher is set but {key}teacher is empty; pass '
                     f'--config.{key}teacher=WORKDIR_OR_HF_DIR')
-  if d.init_from_teacher and init:
+  if init:
     raise UserError(f'{key}init_from_teacher and {prefix}init={init!r} both give the first '
                     f'weights; drop one of them')
 

@@ -8,6 +8,15 @@ directory with an MLM head) trains its own model, the student, on
   + alpha_cos * (1 - cos(student, teacher)) of the last hidden states, over real tokens,
     where the two are equally wide (else that term is left out, and the run says so).
 
+A fine-tuning config with `distill.teacher` (a teacher fine-tuned on the same task:
+a bertjax workdir or a Hugging Face directory of the task's class) trains its student
+on the task with
+
+  alpha_ce   * T² * KL(softmax(teacher / T) ‖ softmax(student / T)) of the task logits:
+               per row (classification), per labelled piece (tagging), of the start
+               and of the end positions (QA; a regression row: the squared difference)
+  + alpha_task * the task's own loss.
+
 The teacher runs in the same jitted step: its params are the step's third argument
 (`steps.Objective.extra_inputs`), sharded by the same logical-axis rules as the
 student's, never differentiated and never part of the state, so checkpoints hold the
@@ -34,7 +43,7 @@ from bertjax.tasks import pretrain
 class Teacher:
   source: str
   model_cfg: BertConfig
-  graphdef: Any   # of a BertForPreTraining
+  graphdef: Any   # of a BertForPreTraining, or of the task's model
   params: Any     # device arrays, sharded like a student's params of the same shapes
 
 
@@ -59,8 +68,15 @@ def open_teacher(path: str, student_cfg: BertConfig, mesh, rules) -> Teacher:
     raise UserError(f'distill.teacher={path!r} has no masked-LM head, so it has no soft '
                     'targets to teach; point distill.teacher at a pre-trained workdir or a '
                     'BertForPreTraining / BertForMaskedLM directory')
+  return _on_devices(path, 'pretraining', cfg, params, mesh, rules)
+
+
+def _on_devices(path: str, kind: str, cfg: BertConfig, params, mesh, rules,
+                num_labels: int = 2) -> Teacher:
+  """A Teacher of head `kind` whose host `params` are placed like a student's."""
   with sharding.activate(mesh, rules):
-    abstract = nnx.eval_shape(lambda: heads.build('pretraining', cfg, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: heads.build(kind, cfg, num_labels=num_labels,
+                                                  rngs=nnx.Rngs(0)))
     shardings = nnx.to_pure_dict(sharding.param_shardings(nnx.state(abstract), mesh, rules))
     params = jax.jit(lambda p: p, out_shardings=shardings)(params)
   return Teacher(path, cfg, nnx.graphdef(abstract), params)
@@ -134,6 +150,103 @@ def pretraining(distill_cfg, model_cfg: BertConfig, teacher: Teacher) -> steps.O
   return dataclasses.replace(base, batch_sums=batch_sums, batch_counts=batch_counts,
                              loss_from_sums=loss_from_sums, metrics_from_sums=metrics_from_sums,
                              extra_inputs=teacher.params)
+
+
+# The head kinds of fine-tuned models; a teacher of another kind has no task logits.
+TASK_KINDS = ('sequence_classification', 'token_classification', 'question_answering')
+
+
+def check_task_head(path: str, teacher: weights.Weights, model_kind: str,
+                    label_names: tuple[str, ...], num_labels: int) -> None:
+  """Refuses a teacher whose logits do not line up with the student's task head."""
+  if teacher.kind not in TASK_KINDS:
+    raise UserError(f'distill.teacher={path!r} is a pre-trained model with no task head, so '
+                    'it has no task logits to teach; fine-tune it on this task first '
+                    f'(--config.init={path}) and point distill.teacher at that workdir')
+  if teacher.kind != model_kind:
+    raise UserError(f'distill.teacher={path!r} is a {teacher.kind} model but this task trains '
+                    f'a {model_kind} one; point distill.teacher at a teacher fine-tuned on '
+                    'this task')
+  if model_kind == 'question_answering':
+    return
+  if teacher.num_labels != num_labels:
+    raise UserError(f'distill.teacher={path!r} has {teacher.num_labels} labels but the task '
+                    f'has {num_labels}; a student learns its teacher\'s logits label for '
+                    'label: point distill.teacher at a teacher fine-tuned on this task')
+  # Hugging Face's placeholder names (LABEL_0, ...) say nothing about the order.
+  named = teacher.label_names != tuple(f'LABEL_{i}' for i in range(len(teacher.label_names)))
+  if named and teacher.label_names and label_names and teacher.label_names != label_names:
+    raise UserError(f'distill.teacher={path!r} has the labels {list(teacher.label_names)} but '
+                    f'the task {list(label_names)}; give the task the teacher\'s order: '
+                    f'--config.task.labels={",".join(teacher.label_names)}')
+
+
+def open_task_teacher(path: str, model_kind: str, label_names: tuple[str, ...],
+                      num_labels: int, student_cfg: BertConfig, seq_len: int, mesh,
+                      rules) -> Teacher:
+  """A teacher fine-tuned on the student's task (a fine-tuned bertjax workdir, whose
+  best weights it takes, or a Hugging Face directory of the task's class), on the
+  devices like `open_teacher`'s."""
+  source = weights.open_weights(path)
+  check_vocabulary(path, source.model_cfg.vocab_size, student_cfg.vocab_size)
+  check_task_head(path, source, model_kind, label_names, num_labels)
+  if source.model_cfg.max_position_embeddings < seq_len:
+    raise UserError(f'distill.teacher={path!r} reads at most '
+                    f'{source.model_cfg.max_position_embeddings} positions but task.seq_len is '
+                    f'{seq_len}; pass --config.task.seq_len='
+                    f'{source.model_cfg.max_position_embeddings}')
+  cfg = dataclasses.replace(source.model_cfg, dtype=student_cfg.dtype,
+                            attention=student_cfg.attention, remat='none')
+  fresh = weights.initial_params(model_kind, cfg, num_labels)
+  params, _ = weights.transplant(source, fresh, model_kind, num_labels)
+  return _on_devices(path, model_kind, cfg, params, mesh, rules, num_labels)
+
+
+def soft_target_sum(student, teacher, temperature: float):
+  """The soft-target loss summed over a batch: `student` and `teacher` are a task's
+  `soft_targets` (distributions, weights); per distribution the T²-scaled KL of
+  `soft_target_kl` (a regression value: the squared difference, nothing to soften),
+  times its weight, averaged over the task's heads (QA: start and end, as its loss)."""
+  (student_logits, weights_X), (teacher_logits, _) = student, teacher
+  total = 0.0
+  for s, t in zip(student_logits, teacher_logits):
+    s, t = s.astype(jnp.float32), t.astype(jnp.float32)
+    if s.shape[-1] == 1:
+      per_X = ((s - t) ** 2)[..., 0]
+    else:
+      per_X = soft_target_kl(s, t, temperature, s.shape[-1])
+    total += (per_X * weights_X).sum()
+  return total / len(student_logits)
+
+
+def finetuning(distill_cfg, base: steps.Objective, task, teacher: Teacher) -> steps.Objective:
+  """Fine-tuning objective `base` of `task` (a tasks/ module) with the teacher's soft
+  targets added: alpha_task × the task loss + alpha_ce × the soft-target loss, both
+  averaged over what the task loss counts (rows, labelled pieces)."""
+  temperature = distill_cfg.temperature
+
+  def batch_sums(model, batch, rngs, teacher_params):
+    logits = task.logits(model, batch, rngs)
+    sums = task.sums_from_logits(batch, logits)
+    frozen = nnx.merge(teacher.graphdef, jax.lax.stop_gradient(teacher_params))
+    teacher_logits = task.logits(frozen, batch)  # no rngs: no dropout
+    sums['kl_sum'] = soft_target_sum(task.soft_targets(batch, logits),
+                                     task.soft_targets(batch, teacher_logits), temperature)
+    return sums
+
+  def loss_from_sums(sums, counts):
+    return (distill_cfg.alpha_task * base.loss_from_sums(sums, counts)
+            + distill_cfg.alpha_ce * sums['kl_sum'] / jnp.maximum(counts['count'], 1.0))
+
+  def metrics_from_sums(sums):
+    metrics = base.metrics_from_sums(sums)
+    metrics['task_loss'] = metrics['loss']
+    metrics['kl_loss'] = sums['kl_sum'] / jnp.maximum(sums['count'], 1.0)
+    metrics['loss'] = loss_from_sums(sums, dict(count=sums['count']))
+    return metrics
+
+  return dataclasses.replace(base, batch_sums=batch_sums, loss_from_sums=loss_from_sums,
+                             metrics_from_sums=metrics_from_sums, extra_inputs=teacher.params)
 
 
 def teacher_layers(teacher_layers: int, student_layers: int) -> list[int]:

@@ -7,6 +7,8 @@ comes from there, the task head too when it has the same kind and shape. The dat
 order is a function of (seed, step), so a resumed run sees the batches an
 uninterrupted one would. After each evaluation the weights with the best
 `task.metric` so far are kept in WORKDIR/best, its metrics in WORKDIR/best.json.
+With `distill.teacher`, a model fine-tuned on the same task teaches the one trained
+here its soft targets (distill.py); checkpoints hold the student alone.
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ import os
 import jax
 import numpy as np
 
-from bertjax import (checkpoint, config_checks, config_lib, evaluate, flops, init_weights, loop,
-                     optim, reporting, run_lock, sharding, steps, storage, train,
-                     workdir as workdir_lib)
+from bertjax import (checkpoint, config_checks, config_lib, distill, evaluate, flops,
+                     init_weights, loop, optim, reporting, run_lock, sharding, steps, storage,
+                     train, workdir as workdir_lib)
 from bertjax.data import embedded_tasks
 from bertjax.errors import UserError
 from bertjax.tasks import registry
@@ -100,16 +102,22 @@ def _finetune(config, workdir: str, profile: bool) -> dict[str, float]:
   task, train_split, eval_split = load_task_data(config, tok)
   info = workdir_lib.TaskInfo(config.task.kind, task.MODEL_KIND,
                               tuple(train_split.label_names), max(1, len(train_split.label_names)))
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules_from_config(config.mesh)
+  objective = steps.finetuning(task, model_cfg, info.num_labels,
+                               config.task.get('classifier_dropout'))
+  teacher_path = config.get('distill', {}).get('teacher', '')
+  if teacher_path:  # refused before config.json records the run
+    teacher = distill.open_task_teacher(teacher_path, task.MODEL_KIND, info.label_names,
+                                        info.num_labels, model_cfg, config.task.seq_len,
+                                        mesh, rules)
+    objective = distill.finetuning(config.distill, objective, task, teacher)
   workdir_lib.write_config(config, workdir)
   info.write(workdir)
   metric = config.task.metric
   n_steps = total_steps(config, len(train_split))
   eval_every = config.train.eval_every or math.ceil(len(train_split) / config.train.batch_size)
 
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.rules_from_config(config.mesh)
-  objective = steps.finetuning(task, model_cfg, info.num_labels,
-                               config.task.get('classifier_dropout'))
   fns = steps.build(model_cfg, config.optim, mesh, rules, objective, total_steps=n_steps,
                     batch_size=config.train.batch_size,
                     grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)

@@ -10,12 +10,15 @@ import os
 
 from bertjax import config_lib
 
+from .common import task_distillation
+
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, init='', data='../shared/data/agnews', steps=300,
                            local=False)
   c = config_lib.finetune_defaults('classify')
   c.init = a.init
+  c.distill = task_distillation()  # --config.distill.teacher=FINE_TUNED_TEACHER
   # Rows are `text<TAB>label` with no header; train on one file, evaluate on the other.
   c.task.train = os.path.join(a.data, 'dev.tsv')
   c.task.eval = os.path.join(a.data, 'test.tsv')

@@ -133,7 +133,7 @@ def _float_label(raw, where: str) -> float:
   return value
 
 
-def _logits(model, batch, rngs=None):
+def logits(model, batch, rngs=None):
   return model(batch['input_ids'], batch['token_type_ids'], batch['attention_mask'],
                rngs=rngs)
 
@@ -143,7 +143,10 @@ def batch_count(batch):
 
 
 def batch_sums(model, batch, rngs=None):
-  logits_BC = _logits(model, batch, rngs)
+  return sums_from_logits(batch, logits(model, batch, rngs))
+
+
+def sums_from_logits(batch, logits_BC):
   tokens = batch['attention_mask'].sum().astype(jnp.float32)
   if logits_BC.shape[-1] == 1:  # regression: mean squared error
     error_B = logits_BC[:, 0] - batch['labels']
@@ -151,6 +154,11 @@ def batch_sums(model, batch, rngs=None):
   weights_B = jnp.ones(batch['labels'].shape, jnp.float32)
   return dict(**common.classification_sums(logits_BC, batch['labels'], weights_B),
               tokens=tokens)
+
+
+def soft_targets(batch, logits_BC):
+  """One distribution per row (a regression row: its one value)."""
+  return (logits_BC,), jnp.ones(logits_BC.shape[:1], jnp.float32)
 
 
 def train_metrics(sums) -> dict:
@@ -162,21 +170,20 @@ def train_metrics(sums) -> dict:
 
 
 def predict(model, batch) -> dict:
-  logits_BC = _logits(model, batch)
-  return dict(logits=logits_BC)
+  return dict(logits=logits(model, batch))
 
 
 def compute_metrics(outputs, split: common.Split) -> dict[str, float]:
   """GLUE's metrics: accuracy, F1 (of class 1 for two classes, else macro), Matthews
   correlation; for regression Pearson and Spearman correlation."""
   labels = split.features['labels']
-  logits = outputs['logits']
+  logits_NC = outputs['logits']
   if split.meta['regression']:
-    predictions = logits[:, 0]
+    predictions = logits_NC[:, 0]
     return dict(pearson=pearson(predictions, labels), spearman=spearman(predictions, labels),
                 mse=float(np.mean((predictions - labels) ** 2)))
-  predictions = logits.argmax(-1)
-  num_classes = max(len(split.label_names), logits.shape[-1])
+  predictions = logits_NC.argmax(-1)
+  num_classes = max(len(split.label_names), logits_NC.shape[-1])
   return dict(accuracy=float(np.mean(predictions == labels)),
               f1=f1(predictions, labels, num_classes),
               matthews_corr=matthews_corr(predictions, labels, num_classes))

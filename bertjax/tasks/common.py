@@ -8,9 +8,15 @@ A task module (`classify`, `tag`, `qa`) defines:
   load_split(task_cfg, split, tok, seq_len, label_names=None) -> Split
                               split is 'train' or 'eval'; `label_names` is the train
                               split's, so eval rows are encoded with the same ids
-  batch_sums(model, batch, rngs=None) -> dict of sums: at least loss_sum, count
+  logits(model, batch, rngs=None) -> the model's task logits (QA: start, end)
+  sums_from_logits(batch, logits) -> dict of sums: at least loss_sum, count
                               (what the loss is averaged over) and tokens, plus
                               what `train_metrics` needs; traced under jit
+  batch_sums(model, batch, rngs=None) -> sums_from_logits of the model's logits
+  soft_targets(batch, logits) -> (distributions, weights): a tuple of arrays with
+                              the classes last, and the weight of each distribution
+                              (1 where the hard loss counts it): what a distilled
+                              student matches its teacher on
   batch_count(batch)          the count of the whole batch, known before the model
                               runs (gradient accumulation divides by it)
   train_metrics(sums) -> dict of scalars logged during training

@@ -287,7 +287,7 @@ def load_split(task_cfg, split: str, tok, seq_len: int, label_names=None) -> com
   return common.Split(features, meta=meta, source=source)
 
 
-def _logits(model, batch, rngs=None):
+def logits(model, batch, rngs=None):
   return model(batch['input_ids'], batch['token_type_ids'], batch['attention_mask'],
                rngs=rngs)
 
@@ -298,19 +298,29 @@ def batch_count(batch):
 
 
 def batch_sums(model, batch, rngs=None):
+  return sums_from_logits(batch, logits(model, batch, rngs))
+
+
+def sums_from_logits(batch, start_end_logits):
   """Per row the mean of the start and end cross-entropies over its tokens, summed over
   the rows `batch_count` counts."""
   mask_BL = batch['attention_mask'] > 0
-  weights_B = mask_BL.any(-1).astype(jnp.float32)
   sums = dict(loss_sum=jnp.float32(0), count=batch_count(batch),
               tokens=mask_BL.sum().astype(jnp.float32))
-  for name, logits_BL in zip(('start', 'end'), _logits(model, batch, rngs)):
-    logits_BL = jnp.where(mask_BL, logits_BL, _MASKED)
+  (start_BL, end_BL), weights_B = soft_targets(batch, start_end_logits)
+  for name, logits_BL in (('start', start_BL), ('end', end_BL)):
     target_B = batch[f'{name}_positions']
     xent_B = optax.softmax_cross_entropy_with_integer_labels(logits_BL, target_B)
     sums['loss_sum'] += (xent_B * weights_B).sum() / 2
     sums[f'{name}_correct'] = ((logits_BL.argmax(-1) == target_B) * weights_B).sum()
   return sums
+
+
+def soft_targets(batch, start_end_logits):
+  """The start and the end distributions of each row with tokens, over its tokens."""
+  mask_BL = batch['attention_mask'] > 0
+  masked = tuple(jnp.where(mask_BL, x_BL, _MASKED) for x_BL in start_end_logits)
+  return masked, mask_BL.any(-1).astype(jnp.float32)
 
 
 def train_metrics(sums) -> dict:
@@ -320,7 +330,7 @@ def train_metrics(sums) -> dict:
 
 
 def predict(model, batch) -> dict:
-  start_BL, end_BL = _logits(model, batch)
+  start_BL, end_BL = logits(model, batch)
   return dict(start_logits=start_BL, end_logits=end_BL)
 
 

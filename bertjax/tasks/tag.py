@@ -196,14 +196,26 @@ def batch_count(batch):
   return (batch['labels'] != common.IGNORE).sum().astype(jnp.float32)
 
 
+def logits(model, batch, rngs=None):
+  return model(batch['input_ids'], batch['token_type_ids'], batch['attention_mask'],
+               rngs=rngs)
+
+
 def batch_sums(model, batch, rngs=None):
+  return sums_from_logits(batch, logits(model, batch, rngs))
+
+
+def sums_from_logits(batch, logits_BLC):
   """Cross-entropy summed over labelled pieces (count: how many)."""
-  logits_BLC = model(batch['input_ids'], batch['token_type_ids'], batch['attention_mask'],
-                     rngs=rngs)
   labels_N = batch['labels'].reshape(-1)
   sums = common.classification_sums(logits_BLC.reshape(-1, logits_BLC.shape[-1]), labels_N,
                                     (labels_N != common.IGNORE).astype(jnp.float32))
   return dict(sums, tokens=(batch['attention_mask'] > 0).sum().astype(jnp.float32))
+
+
+def soft_targets(batch, logits_BLC):
+  """One distribution per labelled piece, the pieces the hard loss counts."""
+  return (logits_BLC,), (batch['labels'] != common.IGNORE).astype(jnp.float32)
 
 
 def train_metrics(sums):
@@ -213,8 +225,7 @@ def train_metrics(sums):
 
 def predict(model, batch):
   """The argmax tag id of every piece; `compute_metrics` reads the first pieces."""
-  logits_BLC = model(batch['input_ids'], batch['token_type_ids'], batch['attention_mask'])
-  return dict(predictions=logits_BLC.argmax(-1).astype(jnp.int32))
+  return dict(predictions=logits(model, batch).argmax(-1).astype(jnp.int32))
 
 
 def _split_tag(tag: str) -> tuple[str, str]:
