@@ -44,8 +44,7 @@ def validate_pretrain(c, prefix: str) -> None:
   _at_least(prefix + 'train.steps', t.steps, 1)
   _at_least(prefix + 'train.eval_batches', t.eval_batches, 1)
   _common(c, prefix)
-  if 'distill' in c:
-    _distill(c.distill, prefix, c.init)
+  _distill(c.distill, prefix, c.init)
   _choice(prefix + 'data.sentence_objective', d.sentence_objective, instances.OBJECTIVES)
   if d.packing:
     low, why = MIN_PACKED_SEQ_LEN, 'packed rows'
@@ -108,8 +107,7 @@ def validate_finetune(c, prefix: str, needs_init: bool = True) -> None:
                     f'pass --config.{prefix}train.epochs=3 (or train.steps=N)')
   _at_least(prefix + 'train.eval_batch_size', t.eval_batch_size, 1)
   _common(c, prefix)
-  if 'distill' in c:
-    _distill(c.distill, prefix, c.init)
+  _distill(c.distill, prefix, c.init)
   _seq_len(prefix + 'task.seq_len', c.task.seq_len, MIN_TASK_SEQ_LEN, '[CLS] text [SEP]', c,
            prefix)
   dropout = c.task.get('classifier_dropout')

@@ -212,6 +212,10 @@ def finetune_defaults(kind: str) -> ConfigDict:
   c.optim.clip_norm = 1.0
   c.optim.layer_decay = 1.0
   _freeze_keys(c.optim)
+  # Task distillation: a model fine-tuned on the same task (bertjax workdir or Hugging
+  # Face directory) whose softened task logits the model learns beside the task's own
+  # loss; '' trains without one. See distill.py.
+  c.distill = ConfigDict(dict(teacher='', alpha_ce=1.0, alpha_task=1.0, temperature=2.0))
   c.mesh = mesh_defaults()
   return c
 

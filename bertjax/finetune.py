@@ -106,7 +106,7 @@ def _finetune(config, workdir: str, profile: bool) -> dict[str, float]:
   rules = sharding.rules_from_config(config.mesh)
   objective = steps.finetuning(task, model_cfg, info.num_labels,
                                config.task.get('classifier_dropout'))
-  teacher_path = config.get('distill', {}).get('teacher', '')
+  teacher_path = config.distill.teacher
   if teacher_path:  # refused before config.json records the run
     teacher = distill.open_task_teacher(teacher_path, task.MODEL_KIND, info.label_names,
                                         info.num_labels, model_cfg, config.task.seq_len,

@@ -10,7 +10,6 @@ import os
 
 from bertjax import config_lib
 
-from .common import task_distillation
 
 
 def get_config(arg=None):
@@ -18,7 +17,6 @@ def get_config(arg=None):
                            local=False)
   c = config_lib.finetune_defaults('classify')
   c.init = a.init
-  c.distill = task_distillation()  # --config.distill.teacher=FINE_TUNED_TEACHER
   # Rows are `text<TAB>label` with no header; train on one file, evaluate on the other.
   c.task.train = os.path.join(a.data, 'dev.tsv')
   c.task.eval = os.path.join(a.data, 'test.tsv')

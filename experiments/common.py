@@ -46,11 +46,3 @@ def bert_recipe(model: str, arg: str | None) -> config_lib.ConfigDict:
     c.optim.warmup_steps = 2
   return c
 
-
-def task_distillation() -> config_lib.ConfigDict:
-  """A fine-tuning config's `distill` group: `teacher`, a model fine-tuned on the same
-  task (a bertjax workdir or a Hugging Face directory), teaches the student its
-  temperature-softened task logits beside the task's own loss; '' trains without one.
-  See bertjax/distill.py."""
-  return config_lib.ConfigDict(dict(teacher='', alpha_ce=1.0, alpha_task=1.0,
-                                    temperature=2.0))

@@ -6,7 +6,6 @@ bertjax train --config experiments/conll.py:local,init=runs/quickstart --workdir
 """
 from bertjax import config_lib
 
-from .common import task_distillation
 
 
 def get_config(arg=None):
@@ -14,7 +13,6 @@ def get_config(arg=None):
                            eval='tfds:conll2003:dev', local=False)
   c = config_lib.finetune_defaults('tag')
   c.init = a.init
-  c.distill = task_distillation()  # --config.distill.teacher=FINE_TUNED_TEACHER
   c.task.train, c.task.eval = a.train, a.eval
   c.optim.learning_rate = 5e-5
   if a.local:

@@ -9,7 +9,6 @@ bertjax evaluate --workdir runs/sst2
 from bertjax import config_lib
 from bertjax.tasks import classify
 
-from .common import task_distillation
 
 _EVAL_SPLIT = {'mnli': 'validation_matched'}
 
@@ -18,7 +17,6 @@ def get_config(arg=None):
   a = config_lib.parse_arg(arg, task='sst2', init='', local=False)
   c = config_lib.finetune_defaults('classify')
   c.init = a.init
-  c.distill = task_distillation()  # --config.distill.teacher=FINE_TUNED_TEACHER
   c.task.train = f'tfds:glue/{a.task}:train'
   c.task.eval = f'tfds:glue/{a.task}:{_EVAL_SPLIT.get(a.task, "validation")}'
   if a.task in classify.GLUE:

@@ -7,7 +7,6 @@ bertjax train --config experiments/squad.py:local,init=runs/quickstart --workdir
 """
 from bertjax import config_lib
 
-from .common import task_distillation
 
 
 def get_config(arg=None):
@@ -15,7 +14,6 @@ def get_config(arg=None):
   version = 'v2.0' if a.v2 else 'v1.1'
   c = config_lib.finetune_defaults('qa')
   c.init = a.init
-  c.distill = task_distillation()  # --config.distill.teacher=FINE_TUNED_TEACHER
   c.task.train = a.train or f'tfds:squad/{version}:train'
   c.task.eval = a.eval or f'tfds:squad/{version}:validation'
   c.task.version_2 = a.v2
