@@ -37,7 +37,7 @@ def _train(config, workdir: str, profile: bool) -> dict[str, float]:
   if config.init:
     init_weights.adopt_architecture(config)
   workdir_lib.check_config(config, workdir, FIXED_KEYS)
-  teacher_path = config.get('distill', {}).get('teacher', '')
+  teacher_path = config.distill.teacher
   if config.init or teacher_path:  # a student takes its teacher's tokenizer
     init_weights.adopt_tokenizer(config.init or teacher_path, workdir)
   mesh = sharding.make_mesh(config.mesh)
