@@ -255,11 +255,13 @@ class _BoundStep:
   """The jitted step as (state, batch) -> (state, metrics), called (and lowered) with
   its seed's key and the objective's extra inputs passed in."""
 
-  def __init__(self, jitted_step, *bound):
-    self.jitted_step, self.bound = jitted_step, bound
+  def __init__(self, jitted_step, *bound_args):
+    self.jitted_step, self.bound_args = jitted_step, bound_args
 
   def __call__(self, state, batch):
-    return self.jitted_step(state, batch, *self.bound)
+    return self.jitted_step(state, batch, *self.bound_args)
 
   def lower(self, state, batch):
-    return self.jitted_step.lower(state, batch, *self.bound)
+    """Lowered with the bound arguments: its compiled form takes (state, batch,
+    *bound_args)."""
+    return self.jitted_step.lower(state, batch, *self.bound_args)

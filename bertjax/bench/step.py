@@ -96,7 +96,8 @@ def compile_step(config, *, allocate: bool = True) -> CompiledStep:
 
   def run(n: int) -> None:
     for _ in range(n):
-      holder['state'], metrics = compiled(holder['state'], batch)
+      holder['state'], metrics = compiled(holder['state'], batch,
+                                          *fns.train_step.bound_args)
     jax.block_until_ready(metrics)
   return CompiledStep(run, compile_seconds, model_cfg, parameters, memory_analysis(compiled))
 
