@@ -52,11 +52,15 @@ def _generations(url: str) -> dict[str, str]:
   return found
 
 
-def test_sweep_on_gcs_writes_the_bucket_and_resumes(gcs_bucket, tmp_path, monkeypatch, capsys,  # noqa: F811
+@pytest.fixture
+def workdir(gcs_bucket):  # noqa: F811  pylint: disable=redefined-outer-name
+  return f'{gcs_bucket}/{uuid.uuid4().hex[:8]}/sweep'
+
+
+def test_sweep_on_gcs_writes_the_bucket_and_resumes(workdir, tmp_path, monkeypatch, capsys,
                                                     restores_the_compile_cache_settings):
   monkeypatch.chdir(tmp_path)  # a path mistaken for local would land here, as gs:/...
   monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
-  workdir = f'{gcs_bucket}/{uuid.uuid4().hex[:8]}/sweep'
   argv = ['compare', '--config', SWEEP + ':local', '--workdir', workdir,
           *(f'--config.{o}' for o in SHRINK)]
   assert main(argv) == 0
@@ -94,7 +98,8 @@ def test_sweep_on_gcs_writes_the_bucket_and_resumes(gcs_bucket, tmp_path, monkey
   assert not os.path.exists(tmp_path / 'gs:')
 
 
-def test_sweep_to_a_missing_bucket_is_one_line(gcs_bucket, tmp_path, monkeypatch, capsys):  # noqa: F811
+@pytest.mark.usefixtures('gcs_bucket')
+def test_sweep_to_a_missing_bucket_is_one_line(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   missing = f'gs://no-such-bucket-{uuid.uuid4().hex[:8]}/sweep'
   assert main(['compare', '--config', SWEEP + ':local', '--workdir', missing,
