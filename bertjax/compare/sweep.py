@@ -245,7 +245,7 @@ def _downstream(config, name: str, workdir: str, tasks) -> tuple[dict, dict] | N
                       + (f' (pre-training seed {pre_seed})' if suffix else ''))
         ft = downstream_config(task, pre_dir, seed)
         ft_dir = _join(workdir, f'downstream{"" if first else "_" + task_name}'
-                              f'{suffix}_{seed}')
+                       f'{suffix}_{seed}')
         got = finetune.finetune_and_evaluate(ft, ft_dir)
         if not got:
           return None
