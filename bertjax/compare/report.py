@@ -5,8 +5,10 @@
 compare/stats.py: 95% t-intervals over seeds, paired t-tests against the `token`
 baseline, Holm-corrected over every test in the report), so the numbers in the
 report are exactly the ones compare measured. A sweep fine-tunes on one or more
-downstream tasks; the table has one column group per task. Every file is written to a temporary
-name and renamed, so an interrupted report never leaves a half-written file behind.
+downstream tasks; the table has one column group per task. The report's directory may
+be local or a URL (`gs://...`): plots are drawn on local disk, and every file is written
+whole through bertjax.storage (a temporary name renamed locally, one upload on object
+storage), so an interrupted report never leaves a half-written file behind.
 Plots are drawn on `matplotlib.figure.Figure` (Agg canvas, no pyplot), so no
 display is needed, no global backend is switched and importing this module stays
 cheap.
@@ -19,9 +21,10 @@ import io
 import math
 import os
 import statistics
+import tempfile
 from collections.abc import Sequence
 
-from bertjax import jsonl_log
+from bertjax import jsonl_log, storage
 from bertjax.compare import stats
 from bertjax.errors import UserError
 
@@ -347,17 +350,8 @@ def _csv_text(results) -> str:
   return buf.getvalue()
 
 
-def _replace_text(path: str, text: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8', newline='') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _save(fig, path: str) -> None:
-  tmp = path + '.tmp'
-  fig.savefig(tmp, format='png', dpi=120, bbox_inches='tight')
-  os.replace(tmp, path)
+  fig.savefig(path, format='png', dpi=120, bbox_inches='tight')
 
 
 def _smooth(values) -> list[float]:
@@ -489,10 +483,13 @@ def write_report(results: list[VariantResult], out_dir: str, *, title: str,
   if not results:
     raise ValueError('no variant results to report')
   table = markdown_table(results)  # first: it rejects mixed downstream metrics
-  os.makedirs(out_dir, exist_ok=True)
-  plots = [os.path.join(out_dir, name) for name in _PLOTS]
-  for draw, path in zip((_plot_loss, _plot_mlm, _plot_downstream), plots):
-    draw(results, path)
+  out = storage.as_path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(prefix='bertjax-report-') as local:
+    for draw, name in zip((_plot_loss, _plot_mlm, _plot_downstream), _PLOTS):
+      draw(results, os.path.join(local, name))
+      with open(os.path.join(local, name), 'rb') as f:
+        storage.write_atomic(out / name, f.read())
   lines = [
       f'# {title}', '',
       budget_line(results), '',
@@ -511,8 +508,7 @@ def write_report(results: list[VariantResult], out_dir: str, *, title: str,
   ]
   if notes:
     lines += ['## Notes', ''] + [f'- {note}' for note in notes] + ['']
-  markdown = os.path.join(out_dir, 'report.md')
-  csv_path = os.path.join(out_dir, 'report.csv')
-  _replace_text(markdown, '\n'.join(lines))
-  _replace_text(csv_path, _csv_text(results))
-  return {'markdown': markdown, 'csv': csv_path, 'plots': plots}
+  storage.write_atomic(out / 'report.md', '\n'.join(lines))
+  storage.write_atomic(out / 'report.csv', _csv_text(results))
+  return {'markdown': os.fspath(out / 'report.md'), 'csv': os.fspath(out / 'report.csv'),
+          'plots': [os.fspath(out / name) for name in _PLOTS]}

@@ -24,19 +24,23 @@ WORKDIR/VARIANT/result.json marks a finished variant. Re-running the command
 resumes: finished variants are read back (a result.json from before a task was
 added, e.g. of a one-task sweep, gets that task's fine-tunes now), an interrupted
 run continues from its last checkpoint.
+
+WORKDIR may be a local directory or a URL (`gs://bucket/sweep`): every file goes
+through bertjax.storage, the report is drawn on local disk and then written there,
+and JAX's compilation cache stays on local disk (WORKDIR/compilation_cache, or the
+user's cache directory for a URL).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 
-from bertjax import (config_checks, config_lib, finetune, reporting, sharding, steps, train,
-                     weights)
+from bertjax import (compilation_cache, config_checks, config_lib, finetune, reporting, sharding,
+                     steps, storage, train, weights, workdir as workdir_lib)
 from bertjax.compare.report import (VariantResult, format_table, loss_curve_from_metrics,
                                     read_metrics, write_report)
 from bertjax.data import masking, pipeline, pmi, tokenizer as tokenizer_lib
@@ -136,7 +140,7 @@ def downstream_config(task, init: str, seed: int):
 def shared_tokenizer(config, workdir: str) -> str:
   """One tokenizer for every variant (trained once on the shared corpus), so the
   variants differ in masking only."""
-  directory = os.path.join(workdir, 'tokenizer')
+  directory = _join(workdir, workdir_lib.TOKENIZER)
   if tokenizer_lib.find(directory) is None:
     from bertjax.data import corpus
     data = config.pretrain.data
@@ -190,12 +194,22 @@ def _pretrain_seeds(config) -> tuple[int, ...]:
   return tuple(config.pretrain_seeds) if 'pretrain_seeds' in config else (config.pretrain.seed,)
 
 
+def _join(directory: str, *names: str) -> str:
+  """`directory/names...` as a string: a URL stays a URL, a local path is absolute."""
+  return os.fspath(storage.as_path(directory).joinpath(*names))
+
+
+def _copy_tokenizer(src: str, dst: str) -> None:
+  """Copies the shared tokenizer directory to `dst` (either may be a URL); the model
+  file last, so a cut-off copy is not taken for a tokenizer (tokenizer.find looks for it)."""
+  storage.upload_tree(storage.local_copy(src), dst, last=('vocab.txt', 'spm.model'))
+
+
 def _pretrained(pre, pre_dir: str, tokenizer_dir: str):
   """Pre-trains (or resumes) one model; returns (own, common) held-out MLM accuracy,
   or None when preempted."""
-  os.makedirs(pre_dir, exist_ok=True)
-  if tokenizer_lib.find(os.path.join(pre_dir, 'tokenizer')) is None:
-    shutil.copytree(tokenizer_dir, os.path.join(pre_dir, 'tokenizer'), dirs_exist_ok=True)
+  if tokenizer_lib.find(_join(pre_dir, workdir_lib.TOKENIZER)) is None:
+    _copy_tokenizer(tokenizer_dir, _join(pre_dir, workdir_lib.TOKENIZER))
   own = train.train_and_evaluate(pre, pre_dir)
   if not own:  # preempted: the checkpoint is saved, the sweep resumes from it
     return None
@@ -213,7 +227,7 @@ def _pretrain_dirs(config, workdir: str) -> list[tuple[int, str, str]]:
   """(pre-training seed, directory suffix, directory) of each pre-trained model; the
   first keeps the old layout."""
   return [(seed, '' if k == 0 else f'_seed{seed}',
-           os.path.join(workdir, 'pretrain' + ('' if k == 0 else f'_seed{seed}')))
+           _join(workdir, 'pretrain' + ('' if k == 0 else f'_seed{seed}')))
           for k, seed in enumerate(_pretrain_seeds(config))]
 
 
@@ -230,8 +244,8 @@ def _downstream(config, name: str, workdir: str, tasks) -> tuple[dict, dict] | N
         reporting.log(f'{name}: fine-tuning on {task_name}, seed {seed}'
                       + (f' (pre-training seed {pre_seed})' if suffix else ''))
         ft = downstream_config(task, pre_dir, seed)
-        ft_dir = os.path.join(workdir, f'downstream{"" if first else "_" + task_name}'
-                              f'{suffix}_{seed}')
+        ft_dir = _join(workdir, f'downstream{"" if first else "_" + task_name}'
+                       f'{suffix}_{seed}')
         got = finetune.finetune_and_evaluate(ft, ft_dir)
         if not got:
           return None
@@ -255,14 +269,15 @@ def run_variant(config, name: str, workdir: str, tokenizer_dir: str, config_spec
   if downstream is None:
     return None
   first_dir = _pretrain_dirs(config, workdir)[0][2]
-  seconds, tokens_per_sec = _training_figures(os.path.join(first_dir, 'metrics.jsonl'))
+  metrics_log = _join(first_dir, 'metrics.jsonl')  # read_metrics also finds gs:// segments
+  seconds, tokens_per_sec = _training_figures(metrics_log)
   own, common = (float(np.mean(v)) for v in zip(*accuracies))
   return VariantResult(
       name=name, config_path=config_spec, config_hash=config_lib.config_hash(base),
       mlm_accuracy_token=common, mlm_accuracy_own=own, downstream_metrics=downstream[0],
       downstream=downstream[1], tokens_per_sec=tokens_per_sec, wall_seconds=seconds,
       steps=base.train.steps, tokens=base.train.steps * base.train.batch_size * base.data.seq_len,
-      loss_curve=loss_curve_from_metrics(os.path.join(first_dir, 'metrics.jsonl')),
+      loss_curve=loss_curve_from_metrics(metrics_log),
       pretrain_seeds=len(accuracies))
 
 
@@ -271,8 +286,7 @@ def _read_back(config, name: str, workdir: str, path: str) -> VariantResult | No
   it was written fine-tuned now (result.json then keeps the old tasks' values too);
   only the configured tasks reach the report. None when preempted."""
   tasks = downstream_tasks(config)
-  with open(path, encoding='utf-8') as f:
-    result = VariantResult.from_json(json.load(f), tasks[0][0])
+  result = VariantResult.from_json(json.loads(storage.as_path(path).read_text()), tasks[0][0])
   missing = [(t, task) for t, task in tasks if t not in result.downstream]
   if missing:
     reporting.log(f'{name}: done before; fine-tuning the tasks added since: '
@@ -290,16 +304,14 @@ def _read_back(config, name: str, workdir: str, path: str) -> VariantResult | No
 
 
 def _write_result(result: VariantResult, path: str) -> None:
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(dataclasses.asdict(result), f, indent=1)
-  os.replace(path + '.tmp', path)
+  storage.write_atomic(path, json.dumps(dataclasses.asdict(result), indent=1))
 
 
 def shared_pmi_vocab(config, workdir: str, tokenizer_dir: str) -> str:
   """WORKDIR/pmi_vocab.json, built once from the training documents with the shared
   tokenizer, for pmi variants that name no vocabulary of their own."""
-  path = os.path.join(workdir, PMI_VOCAB)
-  if not os.path.isfile(path):
+  path = _join(workdir, PMI_VOCAB)
+  if not storage.as_path(path).is_file():
     from bertjax.data import corpus
     from bertjax.data.splits import split_indices
     data = config.pretrain.data
@@ -318,14 +330,15 @@ def shared_pmi_vocab(config, workdir: str, tokenizer_dir: str) -> str:
 def run(config, workdir: str, config_spec: str) -> list[VariantResult]:
   """Runs (or resumes) the sweep and writes WORKDIR/report.md, report.csv and plots."""
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, 'config.json')
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    f.write(config_lib.to_json(config))
-  os.replace(path + '.tmp', path)
+  # A missing bucket or no credentials: one line now, before any work.
+  workdir = os.fspath(workdir_lib.create(workdir))
+  storage.write_atomic(_join(workdir, workdir_lib.CONFIG), config_lib.to_json(config))
   # The variants' steps compile to the same programs (only the data differs): a
-  # persistent compilation cache compiles each once for the whole sweep.
-  jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, 'compilation_cache'))
+  # persistent compilation cache compiles each once for the whole sweep. On local
+  # disk: JAX would read and write every cache entry over the network otherwise.
+  cache = (compilation_cache.default_dir() if storage.is_url(workdir)
+           else _join(workdir, 'compilation_cache'))
+  jax.config.update('jax_compilation_cache_dir', cache)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   tokenizer_dir = shared_tokenizer(config, workdir)
   pmi_vocab = ''
@@ -334,9 +347,9 @@ def run(config, workdir: str, config_spec: str) -> list[VariantResult]:
     pmi_vocab = shared_pmi_vocab(config, workdir, tokenizer_dir)
   results = []
   for i, kind in enumerate(config.variants):
-    variant_dir = os.path.join(workdir, kind)
-    result_path = os.path.join(variant_dir, RESULT_FILE)
-    if os.path.isfile(result_path):
+    variant_dir = _join(workdir, kind)
+    result_path = _join(variant_dir, RESULT_FILE)
+    if storage.as_path(result_path).is_file():
       reporting.log(f'variant {i + 1}/{len(config.variants)} {kind}: done before, read back')
       result = _read_back(config, kind, variant_dir, result_path)
     else:
