@@ -3,11 +3,18 @@
 `task.train = 'embedded'` makes fine-tuning write these into WORKDIR/data and read
 them through the ordinary TSV / CoNLL / SQuAD-JSON readers, so the quickstart and
 the masking sweep have a downstream task with no download:
-- classify: the country of the city a sentence mentions. The eval sentences name
-  cities no training sentence does (one held out per country), so only an encoder
-  that learned which city lies where (from pre-training) can score above chance.
-  The masking sweep's tiny encoders (600 steps of 32) stay near chance on it, so the
-  sweep fine-tunes the QA task instead.
+- classify (`task.embedded`, 'country' unless set):
+  - country: the country of the city a sentence mentions. The eval sentences name
+    cities no training sentence does (one held out per country), so only an encoder
+    that learned which city lies where (from pre-training) can score above chance.
+    Tiny encoders pre-trained for a few hundred steps have not learned that map (an
+    MLM probe ranks the right country first no more often than chance), so they
+    stay at chance here however they were masked. And the eval names 8 cities only:
+    its accuracy moves in steps of about 1/8, too coarse to rank encoders.
+  - word_order: is a corpus-style sentence as written, or were two neighbouring
+    words swapped? Which order is right is what MLM pre-training teaches, so a
+    pre-trained tiny encoder learns it faster than a random one: an embedded
+    classification task whose score depends on the encoder, in ~150 steps of 32.
 - tag: PER / LOC / ORG entities (IOB2) in biography-style sentences.
 - qa: SQuAD-style questions on generated biographies (home town, job, pet's name).
 
@@ -25,6 +32,7 @@ import random
 
 from bertjax import storage
 from bertjax.data import embedded
+from bertjax.errors import UserError
 
 _SURNAMES = ('berg', 'costa', 'dietrich', 'ferrari', 'garcia', 'hansen', 'keller', 'lopez',
              'moreau', 'novak', 'olsen', 'petit', 'rossi', 'silva', 'weber')
@@ -72,6 +80,31 @@ def write_classify(directory: str, *, train_rows: int = 2000, eval_rows: int = 4
           animal=rng.choice(sorted(embedded.ANIMAL_HABIT)), day=rng.choice(embedded.DAYS),
           place=rng.choice(embedded.PLACES))
       lines.append(f'{sentence}\t{embedded.CITY_COUNTRY[city]}')
+    paths.append(os.path.join(directory, f'{split}.tsv'))
+    _write(paths[-1], '\n'.join(lines) + '\n')
+  return paths[0], paths[1]
+
+
+def _swap_neighbours(sentence: str, rng: random.Random) -> str:
+  """Two neighbouring words swapped, the final '.' left in place."""
+  words = sentence.split()
+  i = rng.randrange(len(words) - 2)
+  words[i], words[i + 1] = words[i + 1], words[i]
+  return ' '.join(words)
+
+
+def write_word_order(directory: str, *, train_rows: int = 2000, eval_rows: int = 400,
+                     seed: int = 0) -> tuple[str, str]:
+  # Sentences from their own generator stream, not the pre-training corpus's (seed 0
+  # there), and half of them with two neighbours swapped.
+  paths = []
+  for split, n in (('train', train_rows), ('dev', eval_rows)):
+    rng = random.Random(f'word_order|{seed}|{split}')
+    lines = ['sentence\tlabel']
+    while len(lines) <= n:
+      for sentence in embedded._biography(rng)[:n + 1 - len(lines)]:
+        swapped = _swap_neighbours(sentence, rng) if rng.random() < 0.5 else sentence
+        lines.append(f'{swapped}\t{"real" if swapped == sentence else "swapped"}')
     paths.append(os.path.join(directory, f'{split}.tsv'))
     _write(paths[-1], '\n'.join(lines) + '\n')
   return paths[0], paths[1]
@@ -142,14 +175,28 @@ def write_qa(directory: str, *, train_rows: int = 600, eval_rows: int = 100,
 
 
 WRITERS = {'classify': write_classify, 'tag': write_tag, 'qa': write_qa}
+# The classification tasks by `task.embedded`.
+CLASSIFY_WRITERS = {'country': write_classify, 'word_order': write_word_order}
 
 
 def materialize(task_cfg, directory: str, seed: int) -> None:
   """Writes the embedded task of `task_cfg.kind` into `directory` (a local stand-in
   for a URL, see above) and points task.train / task.eval at the files."""
   if storage.is_url(directory):
-    key = hashlib.sha256(f'{directory}|{task_cfg.kind}|{seed}'.encode()).hexdigest()[:16]
+    name = task_cfg.kind + ('' if task_cfg.get('embedded', 'country') == 'country'
+                            else f'/{task_cfg.embedded}')
+    key = hashlib.sha256(f'{directory}|{name}|{seed}'.encode()).hexdigest()[:16]
     directory = os.path.join(storage.default_cache_dir(), 'embedded_tasks', key)
   os.makedirs(directory, exist_ok=True)
-  train, dev = WRITERS[task_cfg.kind](directory, seed=seed)
+  train, dev = _writer(task_cfg)(directory, seed=seed)
   task_cfg.train, task_cfg.eval = train, dev
+
+
+def _writer(task_cfg):
+  if task_cfg.kind != 'classify':
+    return WRITERS[task_cfg.kind]
+  name = task_cfg.get('embedded', 'country')
+  if name not in CLASSIFY_WRITERS:
+    raise UserError(f'task.embedded={name!r} is not an embedded classification task; '
+                    f'choose one of {", ".join(CLASSIFY_WRITERS)}')
+  return CLASSIFY_WRITERS[name]

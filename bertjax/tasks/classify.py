@@ -41,7 +41,9 @@ GLUE = {
 def task_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       kind='classify',
-      train='',  # a TSV path/glob, or tfds:glue/NAME:train
+      train='',  # a TSV path/glob, tfds:glue/NAME:train, or 'embedded'
+      # With train='embedded': which generated task (data/embedded_tasks.py).
+      embedded='country',
       eval='',   # e.g. dev.tsv, or tfds:glue/NAME:validation
       text_columns=('sentence',),  # one or two; 0-based indices ('0') when header=False
       label_column='label',
