@@ -17,7 +17,7 @@ one; SpanBERT's own recipe, without NSP, is experiments/bert_base_span.py:sbo).
 bertjax compare --config experiments/masking_sweep.py --workdir runs/sweep \
     --config.pretrain.data.corpus='/data/wiki/*.txt'
 bertjax compare --config experiments/masking_sweep.py:local --workdir /tmp/sweep
-  (:local: a tiny BERT on the embedded corpus; the embedded QA and city-country
+  (:local: a tiny BERT on the embedded corpus; the embedded QA and word-order
    classification tasks downstream, 3 seeds each)
 bertjax compare --config experiments/masking_sweep.py:gpu --workdir runs/sweep_gpu \
     --config.pretrain.data.corpus=/data/wikitext103_prepared
@@ -74,10 +74,10 @@ def get_config(arg=None):
     c.title += ' (local: tiny BERT, embedded corpus)'
     c.notes = ('Downstream: extractive QA on generated biographies (home town, job, '
                "pet's name), one epoch, so the score shows how quickly each encoder "
-               'learns to read a paragraph for an answer span; and the country of a '
-               'city no training sentence names (embedded_tasks.write_classify), which '
-               'only an encoder that learned the map in pre-training can do above '
-               'chance (8 countries, 1 in 8).',)
+               'learns to read a paragraph for an answer span; and whether a corpus-style '
+               'sentence is as written or has two neighbouring words swapped '
+               '(embedded_tasks.write_word_order, one epoch; pre-training lifts it from '
+               'chance, 0.49, to about 0.64).',)
     p = config_lib.load_config(os.path.join(os.path.dirname(__file__), 'quickstart.py'))
     # Seven variants, two tasks and three fine-tuning seeds each fit 2 CPU cores in 15
     # minutes (README: the measured phases and the extrapolation). One checkpoint, at
@@ -95,10 +95,13 @@ def get_config(arg=None):
     d.optim.learning_rate = 1e-3
     k = config_lib.finetune_defaults('classify')
     k.task.train = k.task.eval = 'embedded'
+    # Not 'country': a city's country is knowledge this tiny encoder does not learn
+    # in 300 steps, so every variant scores at chance (embedded_tasks.py).
+    k.task.embedded = 'word_order'
     k.task.seq_len = 32  # the sentences are 8 to 14 pieces
     k.train.epochs, k.train.batch_size, k.train.log_every = 1.0, 32, 10
     k.optim.learning_rate = 1e-3
-    c.more_downstream = config_lib.ConfigDict(dict(country=k))
+    c.more_downstream = config_lib.ConfigDict(dict(word_order=k))
   return c
 
 

@@ -20,8 +20,8 @@ SHRINK = ["variants=('token','span_sbo','pmi')", 'downstream_seeds=(0,)',
           'pretrain.train.checkpoint_every=4', 'pretrain.train.eval_batches=2',
           'pretrain.train.batch_size=16', 'pretrain.data.embedded_documents=400',
           'pretrain.optim.warmup_steps=1', 'downstream.train.steps=2',
-          'downstream.train.log_every=1', 'more_downstream.country.train.steps=2',
-          'more_downstream.country.train.log_every=1']
+          'downstream.train.log_every=1', 'more_downstream.word_order.train.steps=2',
+          'more_downstream.word_order.train.log_every=1']
 
 
 def test_bad_sweep_configs_name_the_key():
@@ -44,13 +44,13 @@ def test_bad_sweep_configs_name_the_key():
                                       r'--config.pretrain.data.masking.max_predictions=26'):
     sweep.validate(config)
   config = config_lib.load_config(SWEEP + ':local')
-  config_lib.apply_overrides(config, ['downstream_name=country'])
-  with pytest.raises(UserError, match=r"downstream tasks \['country', 'country'\] name a "
+  config_lib.apply_overrides(config, ['downstream_name=word_order'])
+  with pytest.raises(UserError, match=r"downstream tasks \['word_order', 'word_order'\] name a "
                                       'task twice'):
     sweep.validate(config)
   config = config_lib.load_config(SWEEP + ':local')
-  config_lib.apply_overrides(config, ['more_downstream.country.task.seq_len=2'])
-  with pytest.raises(UserError, match=r'more_downstream\.country\.task\.seq_len=2'):
+  config_lib.apply_overrides(config, ['more_downstream.word_order.task.seq_len=2'])
+  with pytest.raises(UserError, match=r'more_downstream\.word_order\.task\.seq_len=2'):
     sweep.validate(config)
   pretrain_only = config_lib.load_config(os.path.join(ROOT, 'experiments', 'quickstart.py'))
   with pytest.raises(UserError, match="the sweep config has no 'variants'"):
@@ -113,12 +113,12 @@ def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys,
   assert f'{SWEEP}:local' in markdown
   with open(os.path.join(workdir, 'report.csv')) as f:
     by_task = [(r['downstream_task'], r) for r in csv.DictReader(f)]
-  assert [t for t, _ in by_task] == ['qa'] * 3 + ['country'] * 3  # one row a variant and task
+  assert [t for t, _ in by_task] == ['qa'] * 3 + ['word_order'] * 3  # one row a variant and task
   rows = {r['variant']: r for t, r in by_task if t == 'qa'}
-  country = {r['variant']: r for t, r in by_task if t == 'country'}
-  assert set(rows) == set(country) == {'token', 'span_sbo', 'pmi'}
+  word_order = {r['variant']: r for t, r in by_task if t == 'word_order'}
+  assert set(rows) == set(word_order) == {'token', 'span_sbo', 'pmi'}
   header = table[0]
-  assert 'qa: f1' in header and 'country: accuracy' in header
+  assert 'qa: f1' in header and 'word_order: accuracy' in header
   assert os.path.isfile(os.path.join(workdir, 'pmi_vocab.json'))
   assert 'Statistics' in markdown
   for name in ('loss_curves.png', 'mlm_accuracy.png', 'downstream.png'):
@@ -134,7 +134,7 @@ def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys,
   assert float(rows['span_sbo']['mlm_accuracy_own']) == pytest.approx(
       [r for r in logged if 'eval_mlm_accuracy' in r][-1]['eval_mlm_accuracy'])
   for task, by_name, run in (('qa', rows, 'downstream_0'),
-                             ('country', country, 'downstream_country_0')):
+                             ('word_order', word_order, 'downstream_word_order_0')):
     with open(os.path.join(workdir, 'span_sbo', run, 'best.json')) as f:
       saved = json.load(f)
     assert by_name['span_sbo']['downstream_metric'] == saved['metric']
@@ -159,18 +159,18 @@ def test_shrunken_sweep_reports_logs_and_resumes(tmp_path, capsys,
   del old['downstream_metrics']
   with open(path, 'w') as f:
     json.dump(old, f)
-  os.rename(os.path.join(workdir, 'pmi', 'downstream_country_0'),
-            os.path.join(workdir, 'pmi', 'country_before'))
+  os.rename(os.path.join(workdir, 'pmi', 'downstream_word_order_0'),
+            os.path.join(workdir, 'pmi', 'word_order_before'))
   assert main(argv) == 0
   out = capsys.readouterr().out
-  assert 'pmi: done before; fine-tuning the tasks added since: country' in out
+  assert 'pmi: done before; fine-tuning the tasks added since: word_order' in out
   assert 'token: done before; fine-tuning' not in out
   with open(path) as f:
     resumed = json.load(f)
   assert resumed['downstream']['qa'] == saved['downstream']['qa']
-  assert list(resumed['downstream']) == ['qa', 'country']
+  assert list(resumed['downstream']) == ['qa', 'word_order']
   assert resumed['downstream_metrics'] == saved['downstream_metrics']
-  assert os.path.isfile(os.path.join(workdir, 'pmi', 'downstream_country_0', 'best.json'))
+  assert os.path.isfile(os.path.join(workdir, 'pmi', 'downstream_word_order_0', 'best.json'))
 
 
 def test_gpu_sweep_dry_runs_on_the_cpu(tmp_path):

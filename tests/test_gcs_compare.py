@@ -31,7 +31,7 @@ SHRINK = ["variants=('pmi',)", 'downstream_seeds=(0,)', 'pretrain.train.steps=2'
           'pretrain.train.eval_batches=1', 'pretrain.train.batch_size=8',
           'pretrain.data.embedded_documents=300', 'pretrain.optim.warmup_steps=1',
           'downstream.train.steps=1', 'downstream.train.log_every=1',
-          'more_downstream.country.train.steps=1', 'more_downstream.country.train.log_every=1']
+          'more_downstream.word_order.train.steps=1', 'more_downstream.word_order.train.log_every=1']
 
 
 @pytest.fixture
@@ -74,12 +74,12 @@ def test_sweep_on_gcs_writes_the_bucket_and_resumes(workdir, tmp_path, monkeypat
   assert list((root / 'pmi' / 'pretrain' / 'metrics').glob('*.jsonl'))
   result = json.loads((root / 'pmi' / 'result.json').read_text())
   assert [step for step, _ in result['loss_curve']] == [1, 2]
-  assert result['wall_seconds'] > 0 and set(result['downstream']) == {'qa', 'country'}
+  assert result['wall_seconds'] > 0 and set(result['downstream']) == {'qa', 'word_order'}
   markdown = (root / 'report.md').read_text()
   assert '| pmi' in markdown
   rows = list(csv.DictReader(io.StringIO((root / 'report.csv').read_text())))
   assert [(r['variant'], r['downstream_task']) for r in rows] == [('pmi', 'qa'),
-                                                                 ('pmi', 'country')]
+                                                                 ('pmi', 'word_order')]
   for name in ('loss_curves.png', 'mlm_accuracy.png', 'downstream.png'):
     assert (root / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert not os.path.exists(tmp_path / 'gs:')
