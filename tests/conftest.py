@@ -4,6 +4,8 @@ import shutil
 import sys
 import tempfile
 
+import pytest
+
 # Tests run on the CPU, with 8 host devices so mesh tests have something to shard over.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Runs in tests must not fill the user's compilation cache (~/.cache/bertjax/jax).
@@ -25,3 +27,15 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+
+@pytest.fixture
+def restores_the_compile_cache_settings():
+  # sweep.run sets JAX's persistent compilation cache (process-wide) for its own
+  # workdir; the tests after this one keep the suite's settings.
+  import jax  # here: the environment above is set before jax is first imported
+  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
+  before = {name: getattr(jax.config, name) for name in names}
+  yield
+  for name, value in before.items():
+    jax.config.update(name, value)

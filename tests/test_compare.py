@@ -4,7 +4,6 @@ import csv
 import json
 import os
 
-import jax
 import pytest
 
 from bertjax import config_lib, finetune, train
@@ -55,17 +54,6 @@ def test_bad_sweep_configs_name_the_key():
   pretrain_only = config_lib.load_config(os.path.join(ROOT, 'experiments', 'quickstart.py'))
   with pytest.raises(UserError, match="the sweep config has no 'variants'"):
     sweep.validate(pretrain_only)
-
-
-@pytest.fixture
-def restores_the_compile_cache_settings():
-  # sweep.run sets JAX's persistent compilation cache (process-wide) for its own
-  # workdir; the tests after this one keep the suite's settings.
-  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
-  before = {name: getattr(jax.config, name) for name in names}
-  yield
-  for name, value in before.items():
-    jax.config.update(name, value)
 
 
 def test_variants_are_named_override_sets():

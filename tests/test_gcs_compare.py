@@ -34,15 +34,6 @@ SHRINK = ["variants=('pmi',)", 'downstream_seeds=(0,)', 'pretrain.train.steps=2'
           'more_downstream.word_order.train.steps=1', 'more_downstream.word_order.train.log_every=1']
 
 
-@pytest.fixture
-def restores_the_compile_cache_settings():
-  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
-  before = {name: getattr(jax.config, name) for name in names}
-  yield
-  for name, value in before.items():
-    jax.config.update(name, value)
-
-
 def _generations(url: str) -> dict[str, str]:
   """Every object under `url` with its generation (a rewritten object gets a new one)."""
   fs, path = fsspec.core.url_to_fs(url)
