@@ -105,8 +105,7 @@ def _abstract_state(workdir):
   config = workdir_config(workdir)
   fns = steps.build(config_lib.model_config(config, 512), config.optim,
                     sharding.make_mesh(config.mesh), sharding.rules_from_config(config.mesh),
-                    total_steps=config.train.steps, batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+                    **config_lib.step_settings(config))
   return fns.abstract_state
 
 
@@ -295,6 +294,19 @@ def test_ctrl_c_with_data_workers_saves_and_stops_every_process(tmp_path):
   assert procs[twice].returncode == -signal.SIGINT, (seen + out)[-2000:]
   assert 'Traceback' not in seen + out, (seen + out)[-3000:]
   assert all(_gone(proc.pid) for proc in procs.values())  # no worker left behind
+
+
+def test_data_workers_end_with_a_killed_parent(tmp_path):
+  # Two Ctrl-Cs that reach a worker before its handler runs count as one; the worker
+  # must still end when its parent does, not live on holding the parent's stdout.
+  workdir = str(tmp_path / 'run')
+  proc = subprocess.Popen(_train_command(workdir) + ['--config.data.workers=1'],
+                          env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+  _wait_for_a_logged_step(workdir, proc)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.communicate(timeout=60)  # EOF: nothing holds the pipe any more
+  assert _gone(proc.pid)
 
 
 def test_sigterm_on_one_of_two_processes_stops_both_at_one_saved_step(tmp_path):

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import threading
+import time
 
 import grain
 import jax
@@ -225,18 +228,29 @@ def train_iterator(data: PretrainData, workers: int):
     from absl import flags
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; bertjax uses none
       flags.FLAGS.mark_as_parsed()
-    import signal
-
-    def leave_the_first_ctrl_c_to_the_parent(worker_index, worker_count):
-      # Ctrl-C reaches the whole process group. The parent saves the position it has
-      # consumed to, then closes the workers; a worker that died of it would print a
-      # traceback and could fail the batch the parent still waits for. A second Ctrl-C
-      # ends the worker at once, as it ends the parent.
-      signal.signal(signal.SIGINT, lambda *_: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
-                                  worker_init_fn=leave_the_first_ctrl_c_to_the_parent)
+                                  worker_init_fn=_worker_init)
   return iter(dataset)
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+  """A grain worker leaves the first Ctrl-C to its parent and ends with it.
+
+  Ctrl-C reaches the whole process group. The parent saves the position it has
+  consumed to, then closes the workers; a worker that died of it would print a
+  traceback and could fail the batch the parent still waits for. A second Ctrl-C ends
+  the worker at once, as it ends the parent; but two Ctrl-Cs that arrive before the
+  worker's handler runs count as one, so a worker also exits when its parent is gone
+  (it would otherwise live on, holding the parent's stdout open)."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, lambda *_: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  parent = os.getppid()
+
+  def exit_when_orphaned():
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(1)
+  threading.Thread(target=exit_when_orphaned, daemon=True).start()
 
 
 def build(data_cfg, *, batch_size: int, eval_batches: int, seed: int,
