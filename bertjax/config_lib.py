@@ -74,6 +74,14 @@ def model_from_bert_config(cfg) -> ConfigDict:
   return c
 
 
+def step_settings(config, total_steps: int | None = None) -> dict:
+  """The settings `steps.build` takes from a resolved config, as keywords;
+  `total_steps` replaces `train.steps` (fine-tuning counts epochs)."""
+  return dict(total_steps=config.train.steps if total_steps is None else total_steps,
+              batch_size=config.train.batch_size,
+              grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+
+
 def model_config(config, vocab_size: int):
   """The BertConfig of the model a resolved config describes, with the tokenizer's
   vocabulary size: the one function every run, benchmark and loader builds it with."""

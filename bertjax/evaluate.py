@@ -63,9 +63,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
   fns = steps.build(model_cfg, config.optim, mesh, rules,
-                    steps.finetuning(task, model_cfg, info.num_labels), total_steps=1,
-                    batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+                    steps.finetuning(task, model_cfg, info.num_labels),
+                    **config_lib.step_settings(config, total_steps=1))
   with sharding.activate(mesh, rules):
     params = jax.device_put(params, fns.state_sharding['params'])
     results = evaluate_split(fns, params, task, split, config.train.eval_batch_size)

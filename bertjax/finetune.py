@@ -118,9 +118,8 @@ def _finetune(config, workdir: str, profile: bool) -> dict[str, float]:
   n_steps = total_steps(config, len(train_split))
   eval_every = config.train.eval_every or math.ceil(len(train_split) / config.train.batch_size)
 
-  fns = steps.build(model_cfg, config.optim, mesh, rules, objective, total_steps=n_steps,
-                    batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+  fns = steps.build(model_cfg, config.optim, mesh, rules, objective,
+                    **config_lib.step_settings(config, total_steps=n_steps))
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
 
   def start_fresh(_):

@@ -2,7 +2,7 @@
 
 `build(model_cfg, optim_cfg, mesh, rules, objective, *, total_steps, batch_size,
 grad_accum_steps, seed)` returns them as one `Steps`: it takes the few settings it uses,
-not a whole config. train.py (pre-training) and finetune.py run the loops, tests and
+not a whole config (`config_lib.step_settings(config)` reads them from one). train.py (pre-training) and finetune.py run the loops, tests and
 benchmarks call the same functions. An `Objective` says what is trained: the model,
 its loss as sums and the eval function (pre-training's by default). Gradient
 accumulation reduces across devices once a step, after its micro-batches (see

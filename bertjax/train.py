@@ -50,9 +50,8 @@ def _train(config, workdir: str, profile: bool) -> dict[str, float]:
   total_steps = config.train.steps
   teacher = distill.open_teacher(teacher_path, model_cfg, mesh, rules) if teacher_path else None
   objective = distill.pretraining(config.distill, model_cfg, teacher) if teacher else None
-  fns = steps.build(model_cfg, config.optim, mesh, rules, objective, total_steps=total_steps,
-                    batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+  fns = steps.build(model_cfg, config.optim, mesh, rules, objective,
+                    **config_lib.step_settings(config))
 
   train_iter = pipeline.train_iterator(data, config.data.workers)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)

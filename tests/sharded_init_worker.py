@@ -27,8 +27,7 @@ def start(init: str):
   model_cfg = config_lib.model_config(config, weights.open_tokenizer(init).vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   fns = steps.build(model_cfg, config.optim, mesh, sharding.rules_from_config(config.mesh),
-                    total_steps=config.train.steps, batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+                    **config_lib.step_settings(config))
   fresh = fns.init(jax.random.key(config.seed))['params']
   state = fns.init_from_params(init_weights.initial_params(init, fresh, 'pretraining'))
   return state['params'], fns.state_sharding['params']

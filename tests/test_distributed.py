@@ -37,8 +37,7 @@ def final_params(workdir):
   config = config_lib.load_workdir_config(workdir)
   fns = steps.build(config_lib.model_config(config, 512), config.optim,
                     sharding.make_mesh(config.mesh), sharding.rules_from_config(config.mesh),
-                    total_steps=config.train.steps, batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+                    **config_lib.step_settings(config))
   _, params = checkpoint.restore_params(workdir, jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), fns.abstract_state['params']))
   return params
@@ -74,9 +73,7 @@ def step_losses(**overrides):
   config = local_config(**overrides)
   mesh, rules = sharding.make_mesh(config.mesh), sharding.rules_from_config(config.mesh)
   fns = steps.build(config_lib.model_config(config, config.data.tokenizer.vocab_size),
-                    config.optim, mesh, rules, total_steps=config.train.steps,
-                    batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+                    config.optim, mesh, rules, **config_lib.step_settings(config))
   got = []
   with sharding.activate(mesh, rules):
     state = fns.init(jax.random.key(config.seed))
@@ -110,8 +107,7 @@ def test_fsdp_holds_an_eighth_of_the_state_per_device():
   model_cfg = BertConfig.from_dict({**config.model.to_dict(), 'vocab_size': 512})
   mesh = sharding.make_mesh(config.mesh)
   fns = steps.build(model_cfg, config.optim, mesh, sharding.rules_from_config(config.mesh),
-                    total_steps=config.train.steps, batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+                    **config_lib.step_settings(config))
   state = fns.init(jax.random.key(0))
   leaves = jax.tree.leaves({'params': state['params'], 'opt_state': state['opt_state']})
   total = sum(x.nbytes for x in leaves)

@@ -52,8 +52,7 @@ def train_steps(n, **optim_overrides):
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
   fns = steps.build(model_config(dropout_rate=0.1), config.optim, mesh, rules,
-                    total_steps=config.train.steps, batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+                    **config_lib.step_settings(config))
   state = fns.init(jax.random.key(0))
   first = jax.device_get(state['params'])
   for i in range(n):

@@ -59,8 +59,7 @@ def test_init_lands_on_the_target_shardings_without_the_host(phase1, tmp_path, m
   model_cfg = config_lib.model_config(config, weights.open_tokenizer(phase1).vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   fns = steps.build(model_cfg, config.optim, mesh, sharding.rules_from_config(config.mesh),
-                    total_steps=config.train.steps, batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+                    **config_lib.step_settings(config))
   fresh = fns.init(jax.random.key(0))['params']
   # The host path (numpy, `transformers` names) is not taken.
   monkeypatch.setattr(weights, 'open_weights', lambda *a, **k: pytest.fail('read on host'))
@@ -246,9 +245,7 @@ def test_a_student_starts_from_its_teacher_on_the_step_s_shardings(tmp_path):
   model_cfg = config_lib.model_config(config, weights.open_tokenizer(teacher_dir).vocab_size)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
-  fns = steps.build(model_cfg, config.optim, mesh, rules, total_steps=config.train.steps,
-                    batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+  fns = steps.build(model_cfg, config.optim, mesh, rules, **config_lib.step_settings(config))
   teacher = distill.open_teacher(teacher_dir, model_cfg, mesh, rules)
   params = distill.student_from_teacher(teacher, fns.abstract_state['params'])
   host = jax.device_get(teacher.params)

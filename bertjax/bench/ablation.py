@@ -109,8 +109,7 @@ def _gradient_runners(config, stage: str) -> tuple[Callable[[int], None], float,
   model_cfg = config_lib.model_config(config, config.data.tokenizer.vocab_size)
   objective = steps.pretraining(model_cfg)
   fns = steps.build(model_cfg, config.optim, mesh, rules, objective,
-                    total_steps=config.train.steps, batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+                    **config_lib.step_settings(config))
   with sharding.activate(mesh, rules):
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: objective.build_model(jax.random.key(0))))
     params = fns.init(jax.random.key(0))['params']

@@ -75,9 +75,7 @@ def compile_step(config, *, allocate: bool = True) -> CompiledStep:
   # The real run's own model config (vocabulary handling included), so the step timed
   # is the step a run compiles.
   model_cfg = config_lib.model_config(config, config.data.tokenizer.vocab_size)
-  fns = steps.build(model_cfg, config.optim, mesh, rules, total_steps=config.train.steps,
-                    batch_size=config.train.batch_size,
-                    grad_accum_steps=config.train.grad_accum_steps, seed=config.seed)
+  fns = steps.build(model_cfg, config.optim, mesh, rules, **config_lib.step_settings(config))
   with sharding.activate(mesh, rules):
     if allocate:
       state = fns.init(jax.random.key(0))

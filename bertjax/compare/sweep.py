@@ -163,9 +163,7 @@ def held_out_mlm_accuracy(config, workdir: str) -> float:
                         seed=c.seed, workdir=workdir)
   model_cfg = config_lib.model_config(c, data.tokenizer.vocab_size)
   mesh, rules = sharding.make_mesh(c.mesh), sharding.rules_from_config(c.mesh)
-  fns = steps.build(model_cfg, c.optim, mesh, rules, total_steps=c.train.steps,
-                    batch_size=c.train.batch_size, grad_accum_steps=c.train.grad_accum_steps,
-                    seed=c.seed)
+  fns = steps.build(model_cfg, c.optim, mesh, rules, **config_lib.step_settings(c))
   source = weights.open_weights(workdir)
   params, _ = weights.transplant(source, weights.initial_params('pretraining', model_cfg),
                                  'pretraining')
